@@ -1,0 +1,49 @@
+"""mechscope: mechanistic interpretability for any Hugging Face causal LM.
+
+    import mechscope as ms
+    model = ms.load("smollm2-135m")
+    logits, cache = model.run_with_cache("The capital of France is", names="blocks.*.resid_post")
+"""
+
+from .errors import (
+    HookShapeError,
+    MechscopeError,
+    ModelNotFoundError,
+    SelectionError,
+    UnknownActivationError,
+    UnsupportedArchitectureError,
+)
+from .models.adapters import ADAPTERS, get_adapter
+from .models.cache import ActivationCache
+from .models.config import ModelConfig
+from .models.hook_points import HookPoint
+from .models.hooked import HookedModel, Target, at
+from .models.loading import load
+from .models.runtime import HookContext
+from .models.selection import PerPrompt
+from .models.weights import LayerWeights, Weights
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ADAPTERS",
+    "ActivationCache",
+    "HookContext",
+    "HookPoint",
+    "HookShapeError",
+    "HookedModel",
+    "LayerWeights",
+    "MechscopeError",
+    "ModelConfig",
+    "ModelNotFoundError",
+    "PerPrompt",
+    "SelectionError",
+    "Target",
+    "UnknownActivationError",
+    "UnsupportedArchitectureError",
+    "Weights",
+    "at",
+    "get_adapter",
+    "load",
+    "__version__",
+]

@@ -1,0 +1,1 @@
+"""The hooked-model core: loading, adapters, hook points, caches and weight views."""

@@ -1,0 +1,44 @@
+"""GPT-J: parallel block with one shared LayerNorm; attention through its own ``_attn`` method."""
+
+from __future__ import annotations
+
+from .base import Adapter, NormSpec, Proj, WeightLayout, input_of, output
+
+GPTJ = Adapter(
+    model_types=("gptj",),
+    layers="transformer.h",
+    attention="attn",
+    global_sites={
+        "embed": output("transformer.wte"),
+        "ln_final.out": output("transformer.ln_f"),
+    },
+    block_sites={
+        "resid_pre": input_of(""),
+        "ln1.out": output("ln_1"),
+        "attn.out": output("attn.out_proj"),
+        "mlp.pre": output("mlp.fc_in"),
+        "mlp.post": input_of("mlp.fc_out"),
+        "mlp.out": output("mlp"),
+        "resid_post": output(""),
+    },
+    weights=WeightLayout(
+        q=Proj("attn.q_proj"),
+        k=Proj("attn.k_proj"),
+        v=Proj("attn.v_proj"),
+        o=Proj("attn.out_proj"),
+        mlp_in=Proj("mlp.fc_in"),
+        mlp_out=Proj("mlp.fc_out"),
+        ln1="ln_1",
+        embed="transformer.wte",
+        unembed="lm_head",
+        ln_final="transformer.ln_f",
+    ),
+    norm=NormSpec("layer"),
+    positional="rotary",
+    gated_mlp=False,
+    parallel=True,
+    attention_entry="method",
+    attention_method="_attn",
+    attention_scale_attr="scale_attn",
+    docs="GPT-J (attention and MLP both read ln1.out; there is no ln2).",
+)

@@ -1,0 +1,79 @@
+"""``ActivationCache``: activations (and optionally gradients) recorded by name."""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Iterator, Mapping
+
+import torch
+
+from ..errors import MechscopeError, UnknownActivationError
+
+
+class ActivationCache(Mapping[str, torch.Tensor]):
+    """Read-only mapping from activation name to tensor, in execution order.
+
+    Entries share storage with the forward pass where they can (an activation that is
+    also the next block's input is stored once), so ``nbytes`` counts unique storage.
+    ``grads`` holds gradients of the same names when the run asked for them.
+    """
+
+    def __init__(self, acts: dict[str, torch.Tensor], all_names: list[str], grads: dict[str, torch.Tensor] | None = None):
+        order = {name: i for i, name in enumerate(all_names)}
+        self._acts = dict(sorted(acts.items(), key=lambda kv: order.get(kv[0], len(order))))
+        self._all_names = all_names
+        self._grads = grads
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        if name in self._acts:
+            return self._acts[name]
+        if name in self._all_names:
+            raise MechscopeError(
+                f"{name!r} is a valid activation but was not cached; pass it in run_with_cache(names=...)"
+            )
+        raise UnknownActivationError(name, list(self._acts) or self._all_names)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._acts)
+
+    def __len__(self) -> int:
+        return len(self._acts)
+
+    @property
+    def grads(self) -> ActivationCache:
+        """Gradients of the metric with respect to the cached activations."""
+        if self._grads is None:
+            raise MechscopeError("this cache holds no gradients; pass grad_metric= to run_with_cache")
+        return ActivationCache(self._grads, self._all_names)
+
+    def select(self, pattern: str) -> list[str]:
+        """Cached names matching a glob, in execution order."""
+        names = fnmatch.filter(self._acts, pattern)
+        if not names:
+            raise UnknownActivationError(pattern, list(self._acts))
+        return names
+
+    def stack(self, pattern: str) -> torch.Tensor:
+        """Stack the cached activations matching ``pattern`` along a new first axis.
+
+        ``cache.stack("blocks.*.resid_post")`` -> `[n_layers, batch, pos, d_model]`.
+        """
+        return torch.stack([self._acts[n] for n in self.select(pattern)])
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of unique storage held by the cache (aliased entries counted once)."""
+        seen: dict[int, int] = {}
+        for tensor in self._acts.values():
+            storage = tensor.untyped_storage()
+            seen[storage.data_ptr()] = max(seen.get(storage.data_ptr(), 0), storage.nbytes())
+        return sum(seen.values())
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> ActivationCache:
+        moved = {k: v.to(device=device, dtype=dtype) for k, v in self._acts.items()}
+        grads = None if self._grads is None else {k: v.to(device=device, dtype=dtype) for k, v in self._grads.items()}
+        return ActivationCache(moved, self._all_names, grads)
+
+    def __repr__(self) -> str:
+        mib = self.nbytes / 2**20
+        return f"ActivationCache({len(self)} activations, {mib:.1f} MiB{', with grads' if self._grads else ''})"

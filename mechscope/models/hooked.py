@@ -1,0 +1,381 @@
+"""``HookedModel``: an unmodified Hugging Face causal LM with every activation named."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import LogitsProcessor, LogitsProcessorList, PreTrainedModel
+
+from ..errors import MechscopeError, SelectionError
+from .adapters import get_adapter
+from .adapters.base import Adapter
+from .cache import ActivationCache
+from .config import ModelConfig, build_config
+from .hook_points import HookPoint, NameSpec, build_hook_points, select_names
+from .runtime import Entry, HookContext, HookFn, HookRuntime
+from .selection import Heads, Positions, index_for
+from .weights import LayerWeights, Weights
+
+TokensLike = torch.Tensor | str | Sequence[str]
+
+
+@dataclass(frozen=True, eq=False)
+class Target:
+    """A hook target: a name (or glob) narrowed to some heads and/or positions.
+
+    Build it with `at`. Hashable by identity, so it can be a key of a hooks dict.
+    """
+
+    name: str
+    heads: Heads = None
+    positions: Positions = None
+
+
+def at(name: str, heads: Heads = None, positions: Positions = None) -> Target:
+    """Target ``heads`` and/or ``positions`` of ``name``: the hook receives (and returns) only that part.
+
+    ``model.hooks({at("blocks.3.attn.z", heads=5): zero})`` zeroes head 5 of layer 3;
+    the function gets `[batch, pos, d_head]` (an int head drops the head axis).
+    """
+    return Target(name, heads, positions)
+
+
+HookSpec = Mapping[str | Target, HookFn] | Sequence[tuple[str | Target, HookFn]]
+
+
+class _LogitsHook(LogitsProcessor):
+    """Fires the ``logits`` hook on each generation step's next-token logits."""
+
+    def __init__(self, runtime: HookRuntime):
+        self.runtime = runtime
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        return self.runtime.fire("logits", scores[:, None, :])[:, 0]
+
+
+class HookedModel(nn.Module):
+    """A Hugging Face ``PreTrainedModel`` with canonical hook points (see DESIGN.md §3).
+
+    ``model.hf`` is the wrapped model, unchanged except that its attention is routed
+    through mechscope (same kernel, same result, when no attention hook is active).
+    """
+
+    def __init__(self, hf_model: PreTrainedModel, tokenizer=None, *, adapter: Adapter | None = None,
+                 default_prepend_bos: bool | None = None):
+        super().__init__()
+        self.hf = hf_model.eval()
+        self.tokenizer = tokenizer
+        self.adapter = adapter or get_adapter(hf_model.config.model_type)
+        if default_prepend_bos is None:
+            default_prepend_bos = _tokenizer_adds_bos(tokenizer)
+        self.cfg: ModelConfig = build_config(hf_model.config, self.adapter, default_prepend_bos)
+        self._points: list[HookPoint] = build_hook_points(self.adapter, self.cfg.n_layers, self.cfg.parallel_attn_mlp)
+        self.names: list[str] = [p.name for p in self._points]
+        self._runtime = HookRuntime(self, self._points)
+
+    # ------------------------------------------------------------------ basics
+    def hook_point(self, name: str) -> HookPoint:
+        """The `HookPoint` (layout, site) of an exact name."""
+        return self._runtime.points[select_names(name, self.names)[0]]
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.hf.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.hf.parameters()).dtype
+
+    def forward(self, tokens: TokensLike, attention_mask: torch.Tensor | None = None, *,
+                prepend_bos: bool | None = None, padding_side: str | None = None) -> torch.Tensor:
+        """Logits `[batch, pos, d_vocab]` for token ids `[batch, pos]` (or `[pos]`) or text.
+
+        Text is tokenized with `to_tokens` (padding and attention mask included). With an
+        ``attention_mask`` that contains padding, position ids are derived from it, so
+        left- and right-padded prompts get the same positions as when run alone.
+        """
+        input_ids, attention_mask = self._inputs(tokens, attention_mask, prepend_bos, padding_side)
+        kwargs = {}
+        if attention_mask is not None and not bool(attention_mask.all()):
+            kwargs["attention_mask"] = attention_mask
+            kwargs["position_ids"] = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        logits = self.hf(input_ids=input_ids, use_cache=False, **kwargs).logits
+        if "logits" in self._runtime.entries:
+            logits = self._runtime.fire("logits", logits)
+        return logits
+
+    def _inputs(self, tokens, attention_mask, prepend_bos, padding_side):
+        if isinstance(tokens, str) or (isinstance(tokens, Sequence) and not isinstance(tokens, torch.Tensor)):
+            if attention_mask is not None:
+                raise SelectionError("pass attention_mask only with token ids, not with text")
+            tokens, attention_mask = self.to_tokens(tokens, prepend_bos=prepend_bos, padding_side=padding_side,
+                                                    return_mask=True)
+        if not isinstance(tokens, torch.Tensor):
+            raise TypeError(f"tokens must be a LongTensor or text, got {type(tokens).__name__}")
+        if tokens.ndim == 1:
+            tokens = tokens[None]
+            attention_mask = None if attention_mask is None else attention_mask.reshape(1, -1)
+        if tokens.ndim != 2:
+            raise SelectionError(f"tokens must be [batch, pos], got shape {tuple(tokens.shape)}")
+        if attention_mask is not None and attention_mask.shape != tokens.shape:
+            raise SelectionError(
+                f"attention_mask shape {tuple(attention_mask.shape)} differs from tokens {tuple(tokens.shape)}"
+            )
+        device = self.device
+        return tokens.to(device), None if attention_mask is None else attention_mask.to(device)
+
+    # ------------------------------------------------------------------ hooks
+    def _entries(self, spec: HookSpec | None, backward: bool) -> list[Entry]:
+        if spec is None:
+            return []
+        items = spec.items() if isinstance(spec, Mapping) else spec
+        entries = []
+        for key, fn in items:
+            target = key if isinstance(key, Target) else Target(key)
+            if not callable(fn):
+                raise TypeError(f"the hook for {target.name!r} is not callable")
+            for name in select_names(target.name, self.names):
+                entries.append(Entry(self._runtime.points[name], fn, target.heads, target.positions, backward))
+        return entries
+
+    @contextmanager
+    def hooks(self, forward: HookSpec | None = None, *, backward: HookSpec | None = None) -> Iterator[HookedModel]:
+        """Activate hooks for the duration of the ``with`` block.
+
+        Keys are names, globs (``"blocks.*.attn.z"``) or `at(...)` targets; values are
+        ``fn(tensor, ctx) -> tensor | None``. A forward hook receives the activation in its
+        canonical layout and returns a replacement of the same shape, or None to keep it
+        (in-place edits of the received tensor also take effect). A backward hook receives
+        the gradient with respect to the activation and may return a replacement. Hooks run
+        in registration order and are removed on exit, also when an exception is raised.
+        """
+        entries = self._entries(forward, False) + self._entries(backward, True)
+        added: list[Entry] = []
+        try:
+            for entry in entries:
+                self._runtime.add(entry)
+                added.append(entry)
+            yield self
+        finally:
+            for entry in added:
+                self._runtime.remove(entry)
+
+    def run_with_hooks(self, tokens: TokensLike, forward: HookSpec | None = None, *,
+                       backward: HookSpec | None = None, **kwargs) -> torch.Tensor:
+        """``model(tokens)`` with hooks active; returns logits `[batch, pos, d_vocab]`."""
+        with self.hooks(forward, backward=backward):
+            return self(tokens, **kwargs)
+
+    def reset_hooks(self) -> None:
+        """Remove every active hook (those of open ``hooks`` blocks too)."""
+        self._runtime.clear()
+
+    # ------------------------------------------------------------------ caching
+    def run_with_cache(
+        self,
+        tokens: TokensLike,
+        names: NameSpec = None,
+        *,
+        positions: Positions = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        grad_metric: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        attention_mask: torch.Tensor | None = None,
+        **kwargs,
+    ) -> tuple[torch.Tensor, ActivationCache]:
+        """Run the model and record activations.
+
+        names: an exact name, glob, list of those, predicate, or None for every name.
+        positions: keep only these positions (see `selection`); the pos axis of
+          ``attn.scores``/``attn.pattern`` is the query axis.
+        device, dtype: where and how to store the cached tensors.
+        grad_metric: ``fn(logits) -> scalar``; if given, backpropagates it and stores the
+          gradient at every cached name in ``cache.grads`` (grad mode is enabled for it).
+        Without ``grad_metric`` the run is under ``torch.no_grad()``.
+        Returns ``(logits, cache)``; logits are detached.
+        """
+        chosen = select_names(names, self.names)
+        acts: dict[str, torch.Tensor] = {}
+        grads: dict[str, torch.Tensor] = {}
+
+        def keep(store: dict[str, torch.Tensor]) -> HookFn:
+            def record(x: torch.Tensor, ctx: HookContext) -> None:
+                x = x.detach()
+                if positions is not None:
+                    index = index_for(x.shape, ctx.point.pos_dim, None, None, positions, x.device)
+                    x = x[index].clone()
+                store[ctx.name] = x.to(device=device, dtype=dtype) if (device or dtype) else x
+
+            return record
+
+        forward = [(name, keep(acts)) for name in chosen]
+        backward = [(name, keep(grads)) for name in chosen] if grad_metric is not None else None
+        with self.hooks(forward, backward=backward):
+            if grad_metric is None:
+                with torch.no_grad():
+                    logits = self(tokens, attention_mask, **kwargs)
+            else:
+                with torch.enable_grad():
+                    logits = self(tokens, attention_mask, **kwargs)
+                    metric = grad_metric(logits)
+                    if metric.numel() != 1:
+                        raise MechscopeError(f"grad_metric must return a scalar, got shape {tuple(metric.shape)}")
+                    metric.backward()
+        return logits.detach(), ActivationCache(acts, self.names, grads if grad_metric is not None else None)
+
+    def unembed(self, resid: torch.Tensor) -> torch.Tensor:
+        """The model's own final norm, unembedding and final softcap: `[..., d_model]` -> `[..., d_vocab]`.
+
+        Applied to ``blocks.{l}.resid_post`` this is the logit lens; applied to the last
+        layer it reproduces the logits exactly.
+        """
+        layout = self.adapter.weights
+        logits = self.hf.get_submodule(layout.unembed)(self.hf.get_submodule(layout.ln_final)(resid))
+        attr = self.adapter.final_softcap_attr
+        cap = getattr(self.hf.config, attr, None) if attr else None
+        if cap:
+            logits = torch.tanh(logits / cap) * cap
+        return logits
+
+    # ------------------------------------------------------------------ weights
+    def weights(self, *, fold_norm: bool = False, expand_kv: bool = False) -> Weights:
+        """Weight views; ``fold_norm`` folds the preceding norm in, ``expand_kv`` repeats GQA k/v heads."""
+        return Weights(self, fold_norm=fold_norm, expand_kv=expand_kv)
+
+    W_E = property(lambda self: self.weights().W_E, doc="`[d_vocab, d_model]`")
+    W_pos = property(lambda self: self.weights().W_pos, doc="`[n_ctx, d_model]` or None")
+    W_U = property(lambda self: self.weights().W_U, doc="`[d_model, d_vocab]`")
+    b_U = property(lambda self: self.weights().b_U, doc="`[d_vocab]`")
+
+    def __getattr__(self, name: str):
+        # Per-layer weight views (W_Q, W_K, W_V, W_O, b_*, W_in, W_gate, W_out) are served by Weights.
+        if name in _LAYER_WEIGHTS:
+            return getattr(self.weights(), name)
+        return super().__getattr__(name)
+
+    # ------------------------------------------------------------------ tokens
+    def _require_tokenizer(self):
+        if self.tokenizer is None:
+            raise MechscopeError("this model has no tokenizer; pass one to mechscope.load(model, tokenizer=...)")
+        return self.tokenizer
+
+    def to_tokens(self, text: str | Sequence[str], *, prepend_bos: bool | None = None,
+                  padding_side: str | None = None, return_mask: bool = False):
+        """Token ids `[batch, pos]` for one text or a list of texts (padded to the longest).
+
+        prepend_bos: add the tokenizer's BOS token; default ``cfg.default_prepend_bos``
+          (what the tokenizer does by itself).
+        padding_side: "right" (default) or "left".
+        return_mask: also return the attention mask `[batch, pos]` (1 = real token).
+        """
+        tok = self._require_tokenizer()
+        texts = [text] if isinstance(text, str) else list(text)
+        if not texts:
+            raise SelectionError("to_tokens got an empty list of texts")
+        bos = self.cfg.default_prepend_bos if prepend_bos is None else prepend_bos
+        if bos and tok.bos_token_id is None:
+            raise MechscopeError("prepend_bos=True but the tokenizer has no BOS token")
+        ids = [([tok.bos_token_id] if bos else []) + list(row) for row in
+               tok(texts, add_special_tokens=False)["input_ids"]]
+        side = padding_side or "right"
+        if side not in ("left", "right"):
+            raise SelectionError(f"padding_side must be 'left' or 'right', got {side!r}")
+        width = max(len(row) for row in ids)
+        pad = _pad_id(tok)
+        tokens = torch.full((len(ids), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(ids), width), dtype=torch.long)
+        for i, row in enumerate(ids):
+            span = slice(0, len(row)) if side == "right" else slice(width - len(row), width)
+            tokens[i, span] = torch.tensor(row, dtype=torch.long)
+            mask[i, span] = 1
+        return (tokens, mask) if return_mask else tokens
+
+    def to_string(self, tokens: torch.Tensor | Sequence[int]) -> str | list[str]:
+        """Decode `[pos]` to a string or `[batch, pos]` to a list of strings."""
+        tok = self._require_tokenizer()
+        tokens = torch.as_tensor(tokens)
+        if tokens.ndim == 2:
+            return tok.batch_decode(tokens.tolist())
+        return tok.decode(tokens.tolist())
+
+    def to_str_tokens(self, text_or_tokens: str | torch.Tensor | Sequence[int], *,
+                      prepend_bos: bool | None = None) -> list[str]:
+        """Each token decoded on its own (``[" Mary", " and", ...]``) for one prompt."""
+        tok = self._require_tokenizer()
+        if isinstance(text_or_tokens, str):
+            ids = self.to_tokens(text_or_tokens, prepend_bos=prepend_bos)[0]
+        else:
+            ids = torch.as_tensor(text_or_tokens)
+            if ids.ndim == 2:
+                if ids.shape[0] != 1:
+                    raise SelectionError("to_str_tokens takes one prompt; got a batch")
+                ids = ids[0]
+        return tok.batch_decode([[t] for t in ids.tolist()])
+
+    def to_single_token(self, text: str) -> int:
+        """The id of ``text`` if it is exactly one token, else a clear error."""
+        ids = self._require_tokenizer()(text, add_special_tokens=False)["input_ids"]
+        if len(ids) != 1:
+            raise SelectionError(f"{text!r} is {len(ids)} tokens, not one: {ids}")
+        return ids[0]
+
+    # ------------------------------------------------------------------ generation
+    def generate(self, prompt: TokensLike, max_new_tokens: int = 20, *, do_sample: bool = False,
+                 temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+                 prepend_bos: bool | None = None, return_tokens: bool = False, **generate_kwargs):
+        """Continue ``prompt`` (text, list of texts or ids); hooks active around the call apply
+        at every step (including ``logits`` hooks, on each step's next-token logits).
+
+        Returns the full text(s) (prompt + continuation), or ids `[batch, pos + new]` with
+        ``return_tokens``. Batched text prompts are left-padded.
+        """
+        if isinstance(prompt, torch.Tensor):
+            ids, mask = self._inputs(prompt, None, prepend_bos, None)
+        else:
+            ids, mask = self.to_tokens(prompt, prepend_bos=prepend_bos, padding_side="left", return_mask=True)
+            ids, mask = ids.to(self.device), mask.to(self.device)
+        options = dict(max_new_tokens=max_new_tokens, do_sample=do_sample)
+        if do_sample:
+            options.update(temperature=temperature, top_k=top_k, top_p=top_p)
+        else:
+            options.update(temperature=None, top_k=None, top_p=None)
+        processors = LogitsProcessorList([_LogitsHook(self._runtime)]) if "logits" in self._runtime.entries else None
+        pad = _pad_id(self.tokenizer) if self.tokenizer is not None else 0
+        with torch.no_grad():
+            out = self.hf.generate(input_ids=ids, attention_mask=mask, pad_token_id=pad,
+                                   logits_processor=processors, **options, **generate_kwargs)
+        if return_tokens or self.tokenizer is None:
+            return out
+        texts = self.tokenizer.batch_decode(out, skip_special_tokens=True)
+        return texts[0] if isinstance(prompt, str) else texts
+
+    def __repr__(self) -> str:
+        c = self.cfg
+        return (f"HookedModel({c.family}: {c.n_layers} layers, d_model {c.d_model}, {c.n_heads} heads "
+                f"({c.n_kv_heads} kv), d_mlp {c.d_mlp}, vocab {c.d_vocab}; {len(self.names)} hook points)")
+
+
+_LAYER_WEIGHTS = frozenset(
+    {"W_Q", "W_K", "W_V", "W_O", "b_Q", "b_K", "b_V", "b_O", "W_in", "b_in", "W_gate", "b_gate", "W_out", "b_out"}
+)
+
+
+def _pad_id(tokenizer) -> int:
+    for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0):
+        if candidate is not None:
+            return candidate
+    return 0
+
+
+def _tokenizer_adds_bos(tokenizer) -> bool:
+    if tokenizer is None or tokenizer.bos_token_id is None:
+        return False
+    ids = tokenizer("a", add_special_tokens=True)["input_ids"]
+    return bool(ids) and ids[0] == tokenizer.bos_token_id
+
+
+__all__ = ["HookedModel", "Target", "at", "LayerWeights"]

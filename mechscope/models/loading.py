@@ -1,0 +1,97 @@
+"""``mechscope.load``: a HookedModel from a name, a directory, a GGUF file or a built model."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+
+from ..errors import ModelNotFoundError
+from .adapters import get_adapter
+from .bundled import BUNDLED, cached_dir
+from .hooked import HookedModel
+
+
+def load(
+    model: str | os.PathLike | PreTrainedModel,
+    tokenizer=None,
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device | None = None,
+    device_map: str | dict | None = None,
+    attn_implementation: str = "sdpa",
+    prepend_bos: bool | None = None,
+    requires_grad: bool = False,
+    **from_pretrained_kwargs,
+) -> HookedModel:
+    """Load a causal LM and wrap it.
+
+    model: ``"smollm2-135m"`` (bundled, offline), a Hugging Face hub id, a local model
+      directory, a ``.gguf`` file, or an already-built ``PreTrainedModel``.
+    tokenizer: for a built model (loaded automatically otherwise).
+    dtype, device, device_map: as in ``from_pretrained`` (``device_map`` shards a model too
+      large for one device through accelerate).
+    prepend_bos: default for ``to_tokens``; None means what the tokenizer does itself.
+    requires_grad: keep parameter gradients on (off by default: interpretability needs
+      gradients with respect to activations, which work either way).
+    """
+    if isinstance(model, PreTrainedModel):
+        hf_model = model
+        if device is not None:
+            hf_model = hf_model.to(device)
+    else:
+        source, extra = _resolve(model)
+        get_adapter(_model_type(source, extra))  # unsupported architectures fail before loading weights
+        hf_model = _from_pretrained(
+            AutoModelForCausalLM, source, model, dtype=dtype, device_map=device_map,
+            attn_implementation=attn_implementation, **extra, **from_pretrained_kwargs,
+        )
+        if tokenizer is None:
+            tokenizer = _from_pretrained(AutoTokenizer, source, model, **extra)
+        if device is not None and device_map is None:
+            hf_model = hf_model.to(device)
+    if not requires_grad:
+        hf_model.requires_grad_(False)
+    return HookedModel(hf_model, tokenizer, default_prepend_bos=prepend_bos)
+
+
+def _resolve(model: str | os.PathLike) -> tuple[str, dict]:
+    """(source for from_pretrained, extra kwargs)."""
+    name = str(model)
+    if name in BUNDLED:
+        return str(cached_dir(name)), {}
+    path = Path(name).expanduser()
+    if name.endswith(".gguf"):
+        if not path.is_file():
+            raise ModelNotFoundError(f"GGUF file {name!r} does not exist")
+        return str(path.parent), {"gguf_file": path.name}
+    if path.is_dir():
+        return str(path), {}
+    if name.startswith((".", "/", "~")) or os.sep in name and path.parent.is_dir() and not _looks_like_hub_id(name):
+        raise ModelNotFoundError(f"model directory {name!r} does not exist")
+    return name, {}
+
+
+def _looks_like_hub_id(name: str) -> bool:
+    return name.count("/") == 1 and not name.startswith(("/", "."))
+
+
+def _model_type(source: str, extra: dict) -> str:
+    from transformers import AutoConfig
+
+    return _from_pretrained(AutoConfig, source, source, **extra).model_type
+
+
+def _from_pretrained(cls, source: str, requested, **kwargs):
+    try:
+        return cls.from_pretrained(source, **kwargs)
+    except (OSError, ValueError) as error:
+        offline = os.environ.get("HF_HUB_OFFLINE") == "1"
+        raise ModelNotFoundError(
+            f"could not load {requested!r}: it is not a local directory or file, and it is not in the "
+            f"Hugging Face cache{' (HF_HUB_OFFLINE=1 is set)' if offline else ' and the hub could not be reached'}. "
+            f"Download it on a machine with internet access (huggingface-cli download {requested}) or pass a "
+            f"local directory. Underlying error: {str(error).splitlines()[0][:300]}"
+        ) from error

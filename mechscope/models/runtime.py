@@ -1,0 +1,286 @@
+"""The hook engine: fires named hooks from PyTorch module hooks and the attention function.
+
+Nothing is installed until a hook or a cache asks for a name: each module carries a
+PyTorch hook only while some registered entry needs one of its names, and attention runs
+the model's own kernel unless this layer's pattern or scores are wanted.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from ..errors import HookShapeError, MechscopeError
+from .attention import attach_attention, explicit_attention
+from .hook_points import PATTERN_SUFFIXES, HookPoint
+from .norms import FrozenNorm
+from .selection import Heads, Positions, index_for
+
+if TYPE_CHECKING:
+    from .hooked import HookedModel
+
+HookFn = Callable[[torch.Tensor, "HookContext"], torch.Tensor | None]
+
+
+@dataclass(frozen=True)
+class HookContext:
+    """What a hook function is told about the activation it receives."""
+
+    name: str
+    layer: int | None
+    point: HookPoint
+    heads: Heads = None
+    positions: Positions = None
+
+
+@dataclass(eq=False)
+class Entry:
+    """One function registered on one hook point (forward, or backward on the gradient)."""
+
+    point: HookPoint
+    fn: HookFn
+    heads: Heads = None
+    positions: Positions = None
+    backward: bool = False
+    context: HookContext = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.context = HookContext(self.point.name, self.point.layer, self.point, self.heads, self.positions)
+
+    def run(self, x: torch.Tensor) -> torch.Tensor:
+        """Call ``fn`` on the selected part of ``x``; return ``x`` with its replacement."""
+        index = index_for(x.shape, self.point.pos_dim, self.point.head_dim, self.heads, self.positions, x.device)
+        part = x if index is None else x[index]
+        result = self.fn(part, self.context)
+        if result is None:
+            if index is None:
+                return x
+            result = part  # the selection is a copy: carry in-place edits back
+        if not isinstance(result, torch.Tensor) or result.shape != part.shape:
+            got = tuple(result.shape) if isinstance(result, torch.Tensor) else type(result).__name__
+            raise HookShapeError(
+                f"hook on {self.point.name!r} returned {got}, expected a tensor of shape "
+                f"{tuple(part.shape)} (the activation{' selection' if index is not None else ''} it received)"
+            )
+        if index is None:
+            return result
+        return x.index_put(index, result.to(x.dtype))
+
+
+class HookRuntime:
+    """Registry of active entries and the PyTorch hooks that serve them."""
+
+    def __init__(self, model: HookedModel, points: list[HookPoint]):
+        self._model = weakref.ref(model)
+        self.points = {p.name: p for p in points}
+        self.entries: dict[str, list[Entry]] = defaultdict(list)
+        self._handles: dict[tuple[str, str], torch.utils.hooks.RemovableHandle] = {}
+        self._z_stash: dict[int, torch.Tensor] = {}
+        # Module hooks serve groups of points: (module path, "pre" | "post") -> points in order.
+        self._groups: dict[tuple[str, str], list[HookPoint]] = defaultdict(list)
+        for point in points:
+            kind = point.site.kind
+            if kind in ("output", "head_out") and point.module_path:
+                self._groups[(point.module_path, "post")].append(point)
+            elif kind in ("input", "input_inplace"):
+                self._groups[(point.module_path, "pre")].append(point)
+            if kind == "head_out":
+                self._groups[(self._o_proj_path(point.layer), "pre")].append(point)
+        self._layer_attention: dict[int, list[HookPoint]] = defaultdict(list)
+        for point in points:
+            if point.site.kind == "attention":
+                self._layer_attention[point.layer].append(point)
+        attach_attention(model, self)
+
+    # ----------------------------------------------------------------- registration
+    @property
+    def model(self) -> HookedModel:
+        model = self._model()
+        if model is None:  # pragma: no cover - the runtime never outlives its model in practice
+            raise MechscopeError("the HookedModel this runtime belongs to was garbage collected")
+        return model
+
+    def add(self, entry: Entry) -> None:
+        self.entries[entry.point.name].append(entry)
+        self._sync_module_hooks()
+
+    def remove(self, entry: Entry) -> None:
+        bucket = self.entries.get(entry.point.name, [])
+        if entry in bucket:
+            bucket.remove(entry)
+        if not bucket:
+            self.entries.pop(entry.point.name, None)
+        self._sync_module_hooks()
+
+    def clear(self) -> None:
+        self.entries.clear()
+        self._sync_module_hooks()
+
+    @property
+    def has_backward(self) -> bool:
+        return any(e.backward for bucket in self.entries.values() for e in bucket)
+
+    def _active(self, point: HookPoint) -> bool:
+        return bool(self.entries.get(point.name))
+
+    def _sync_module_hooks(self) -> None:
+        """Install a module hook for each group with an active point; remove the others."""
+        hf = self.model.hf
+        for key, points in self._groups.items():
+            wanted = any(self._active(p) for p in points)
+            if wanted and key not in self._handles:
+                module = hf.get_submodule(key[0])
+                if key[1] == "pre":
+                    handle = module.register_forward_pre_hook(self._pre_hook(points), with_kwargs=True)
+                else:
+                    handle = module.register_forward_hook(self._post_hook(points), with_kwargs=True)
+                self._handles[key] = handle
+            elif not wanted and key in self._handles:
+                self._handles.pop(key).remove()
+        self._z_stash.clear()
+
+    # ----------------------------------------------------------------- firing
+    def fire(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        """Run forward entries on ``x`` then attach backward entries; return the final tensor."""
+        x = self.fire_forward(name, x)
+        self.attach_backward(name, x)
+        return x
+
+    def fire_forward(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        for entry in self.entries.get(name, ()):
+            if not entry.backward:
+                x = entry.run(x)
+        return x
+
+    def attach_backward(self, name: str, x: torch.Tensor) -> None:
+        backward = [e for e in self.entries.get(name, ()) if e.backward]
+        if not backward:
+            return
+        if not torch.is_grad_enabled():
+            raise MechscopeError(
+                f"backward hooks on {name!r} need gradients, but grad mode is off "
+                "(call outside torch.no_grad() / torch.inference_mode())"
+            )
+        if not x.requires_grad:
+            if x.grad_fn is not None:  # pragma: no cover - a grad_fn implies requires_grad
+                raise MechscopeError(f"cannot take gradients at {name!r}")
+            x.requires_grad_(True)  # nothing upstream needs gradients: start the graph here
+        for entry in backward:
+            x.register_hook(lambda grad, entry=entry: entry.run(grad))
+
+    # ----------------------------------------------------------------- module hooks
+    def _pre_hook(self, points: list[HookPoint]):
+        def hook(module: nn.Module, args: tuple, kwargs: dict):
+            in_args = bool(args)
+            x = args[0] if in_args else kwargs["hidden_states"]
+            original = x
+            for point in points:
+                if not self._active(point):
+                    continue
+                if point.site.kind == "head_out":
+                    self._z_stash[point.layer] = x
+                elif point.site.kind == "input_inplace":
+                    new = self.fire_forward(point.name, x)
+                    if new is not x:
+                        x.copy_(new)  # the caller keeps this same tensor as the residual
+                    self.attach_backward(point.name, x)
+                else:
+                    x = self.fire(point.name, x)
+            if x is original:
+                return None
+            if in_args:
+                return (x, *args[1:]), kwargs
+            return args, {**kwargs, "hidden_states": x}
+
+        return hook
+
+    def _post_hook(self, points: list[HookPoint]):
+        def hook(module: nn.Module, args: tuple, kwargs: dict, output: Any):
+            is_tuple = isinstance(output, tuple)
+            x = output[0] if is_tuple else output
+            original = x
+            for point in points:
+                if not self._active(point):
+                    continue
+                if point.site.kind == "head_out":
+                    x = self._fire_head_out(point, module, args, kwargs, x)
+                elif point.site.chunk is not None:
+                    x = self._fire_chunk(point, x)
+                else:
+                    x = self.fire(point.name, x)
+            if x is original:
+                return None
+            return (x, *output[1:]) if is_tuple else x
+
+        return hook
+
+    def _fire_chunk(self, point: HookPoint, x: torch.Tensor) -> torch.Tensor:
+        index, n_chunks = point.site.chunk
+        chunks = list(x.chunk(n_chunks, dim=-1))
+        chunks[index] = self.fire(point.name, chunks[index])
+        return torch.cat(chunks, dim=-1)  # rebuilt so gradients flow through the fired chunk
+
+    def _o_proj_path(self, layer: int) -> str:
+        adapter = self.model.adapter
+        return f"{adapter.layers}.{layer}.{adapter.weights.o.path}"
+
+    def _fire_head_out(self, point: HookPoint, module: nn.Module, args: tuple, kwargs: dict, out: torch.Tensor):
+        """Per-head contributions `[b, p, h, d]`; if a hook changes them, ``attn.out`` becomes their sum."""
+        model = self.model
+        layer = point.layer
+        z = self._z_stash.pop(layer)
+        cfg = model.cfg
+        z = z.reshape(*z.shape[:-1], cfg.n_heads, cfg.d_head)
+        w_o = model.W_O[layer].to(z.dtype)  # [h, d_head, d_model]
+        heads = torch.einsum("bphe,hed->bphd", z, w_o)
+        b_o = model.b_O[layer]
+        if model.adapter.attn_out_norm is not None:
+            norm_input = args[0] if args else kwargs["hidden_states"]
+            frozen = FrozenNorm(module, model.adapter.norm, norm_input)
+            heads = frozen.apply(heads, head_axis=True)
+            bias = frozen.bias
+        else:
+            bias = b_o
+        new = self.fire(point.name, heads)
+        if new is heads:
+            return out
+        summed = new.sum(dim=2)
+        return summed if bias is None else summed + bias.to(summed.dtype)
+
+    # ----------------------------------------------------------------- attention
+    def attention_active(self, layer: int) -> bool:
+        return any(self._active(p) for p in self._layer_attention.get(layer, ()))
+
+    def run_attention(self, layer: int, base: Callable, module: nn.Module, query, key, value, mask, kwargs: dict):
+        """Fire q/k/v, attention, scores/pattern and z for one layer.
+
+        ``query`` `[b, h, q, d_head]`, ``key``/``value`` `[b, kv_h, k, d_head]`; returns
+        ``(z [b, q, h, d_head], pattern or None)`` as transformers' attention functions do.
+        """
+        prefix = f"blocks.{layer}.attn."
+        query = self.fire(prefix + "q", query.transpose(1, 2)).transpose(1, 2)
+        key = self.fire(prefix + "k", key.transpose(1, 2)).transpose(1, 2)
+        value = self.fire(prefix + "v", value.transpose(1, 2)).transpose(1, 2)
+        needs_pattern = any(self._active(self.points[prefix + s[5:]]) for s in PATTERN_SUFFIXES)
+        if needs_pattern:
+            z, weights = explicit_attention(
+                module,
+                query,
+                key,
+                value,
+                mask,
+                scaling=kwargs.get("scaling"),
+                softcap=kwargs.get("softcap"),
+                upcast=kwargs.get("_mechscope_upcast", False),
+                on_scores=lambda s: self.fire(prefix + "scores", s),
+                on_pattern=lambda p: self.fire(prefix + "pattern", p),
+            )
+        else:
+            z, weights = base(module, query, key, value, mask, **kwargs)
+        return self.fire(prefix + "z", z), weights
