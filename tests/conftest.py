@@ -7,17 +7,18 @@ weights: one copy is wrapped by mechscope, the other stays a plain HF model for 
 
 from __future__ import annotations
 
-import copy
 import os
-from dataclasses import dataclass
 
-import pytest
-import torch
-import transformers as tf
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before transformers is imported: it reads this once
 
-import mechscope as ms
+import copy  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+import pytest  # noqa: E402
+import torch  # noqa: E402
+import transformers as tf  # noqa: E402
+
+import mechscope as ms  # noqa: E402
 
 COMMON = dict(vocab_size=97, max_position_embeddings=64)
 LLAMA_LIKE = dict(num_hidden_layers=2, hidden_size=64, num_attention_heads=4, num_key_value_heads=2,

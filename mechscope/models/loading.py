@@ -24,6 +24,7 @@ def load(
     attn_implementation: str = "sdpa",
     prepend_bos: bool | None = None,
     requires_grad: bool = False,
+    local_files_only: bool = False,
     **from_pretrained_kwargs,
 ) -> HookedModel:
     """Load a causal LM and wrap it.
@@ -36,6 +37,7 @@ def load(
     prepend_bos: default for ``to_tokens``; None means what the tokenizer does itself.
     requires_grad: keep parameter gradients on (off by default: interpretability needs
       gradients with respect to activations, which work either way).
+    local_files_only: never contact the hub (as ``HF_HUB_OFFLINE=1``).
     """
     if isinstance(model, PreTrainedModel):
         hf_model = model
@@ -43,6 +45,8 @@ def load(
             hf_model = hf_model.to(device)
     else:
         source, extra = _resolve(model)
+        if local_files_only:
+            extra["local_files_only"] = True
         get_adapter(_model_type(source, extra))  # unsupported architectures fail before loading weights
         hf_model = _from_pretrained(
             AutoModelForCausalLM, source, model, dtype=dtype, device_map=device_map,
@@ -88,10 +92,15 @@ def _from_pretrained(cls, source: str, requested, **kwargs):
     try:
         return cls.from_pretrained(source, **kwargs)
     except (OSError, ValueError) as error:
-        offline = os.environ.get("HF_HUB_OFFLINE") == "1"
+        if os.environ.get("HF_HUB_OFFLINE") == "1":
+            why = " (HF_HUB_OFFLINE=1 is set)"
+        elif kwargs.get("local_files_only"):
+            why = " (local_files_only=True)"
+        else:
+            why = " and the hub could not be reached"
         raise ModelNotFoundError(
             f"could not load {requested!r}: it is not a local directory or file, and it is not in the "
-            f"Hugging Face cache{' (HF_HUB_OFFLINE=1 is set)' if offline else ' and the hub could not be reached'}. "
+            f"Hugging Face cache{why}. "
             f"Download it on a machine with internet access (huggingface-cli download {requested}) or pass a "
             f"local directory. Underlying error: {str(error).splitlines()[0][:300]}"
         ) from error
