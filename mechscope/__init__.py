@@ -13,7 +13,8 @@ from .errors import (
     UnknownActivationError,
     UnsupportedArchitectureError,
 )
-from .models.adapters import ADAPTERS, get_adapter
+from .models.adapters import ADAPTERS, get_adapter, register_adapter
+from .models.adapters.base import Adapter, FusedQKV, NormSpec, Proj, Site, WeightLayout
 from .models.cache import ActivationCache
 from .models.config import ModelConfig
 from .models.hook_points import HookPoint
@@ -28,6 +29,13 @@ __version__ = "0.1.0"
 __all__ = [
     "ADAPTERS",
     "ActivationCache",
+    "Adapter",
+    "FusedQKV",
+    "NormSpec",
+    "Proj",
+    "Site",
+    "WeightLayout",
+    "register_adapter",
     "HookContext",
     "HookPoint",
     "HookShapeError",

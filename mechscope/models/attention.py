@@ -88,13 +88,24 @@ def _eager_of(module: nn.Module) -> Callable:
     return fn
 
 
-def _routed_attention(module, query, key, value, attention_mask, **kwargs):
-    """The function registered in transformers' AttentionInterface."""
-    runtime_ref, layer, base = module._mechscope_route
-    runtime = runtime_ref()
-    if runtime is None or not runtime.attention_active(layer):
-        return base(module, query, key, value, attention_mask, **kwargs)
-    return runtime.run_attention(layer, base, module, query, key, value, attention_mask, kwargs)
+def _base_function(base_name: str, module: nn.Module) -> Callable:
+    return _eager_of(module) if base_name == "eager" else ALL_ATTENTION_FUNCTIONS[base_name]
+
+
+def _routed(base_name: str) -> Callable:
+    """The function registered in transformers' AttentionInterface for one base implementation."""
+
+    def routed_attention(module, query, key, value, attention_mask, **kwargs):
+        route = module.__dict__.get("_mechscope_route")
+        if route is None:  # a model sharing its config object with a wrapped one
+            return _base_function(base_name, module)(module, query, key, value, attention_mask, **kwargs)
+        runtime_ref, layer, base = route
+        runtime = runtime_ref()
+        if runtime is None or not runtime.attention_active(layer):
+            return base(module, query, key, value, attention_mask, **kwargs)
+        return runtime.run_attention(layer, base, module, query, key, value, attention_mask, kwargs)
+
+    return routed_attention
 
 
 # Routed implementation names. They must not contain "sdpa", "flash" or "flex_attention":
@@ -114,7 +125,7 @@ def _route_name(current: str) -> str:
         )
     name = _ROUTES[current]
     if name not in ALL_MASK_ATTENTION_FUNCTIONS._global_mapping:
-        AttentionInterface.register(name, _routed_attention)
+        AttentionInterface.register(name, _routed(current))
         AttentionMaskInterface.register(name, ALL_MASK_ATTENTION_FUNCTIONS[current])
     return name
 
@@ -156,7 +167,6 @@ def attach_attention(model: HookedModel, runtime: HookRuntime) -> None:
     name = _route_name(current)
     base_name = _BASE_OF[name]
     for layer, module in enumerate(modules):
-        base = _eager_of(module) if base_name == "eager" else ALL_ATTENTION_FUNCTIONS[base_name]
-        module._mechscope_route = (runtime_ref, layer, base)
+        module._mechscope_route = (runtime_ref, layer, _base_function(base_name, module))
     if current != name:
         model.hf.set_attn_implementation(name)

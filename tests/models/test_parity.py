@@ -53,3 +53,23 @@ def test_padded_batch_matches_prompts_run_alone(tiny):
         for i, n in enumerate(lengths):  # no attention to padding from real queries
             real = mask[i].bool()
             assert pattern[i][:, real][:, :, ~real].abs().sum() == 0
+
+
+def test_model_sharing_the_config_object_keeps_working():
+    """Wrapping one model switches the shared config's attention name; its twin must not break."""
+    import transformers as tf
+
+    import mechscope as ms
+
+    config = tf.LlamaConfig(num_hidden_layers=2, hidden_size=64, num_attention_heads=4, num_key_value_heads=2,
+                            intermediate_size=96, vocab_size=97)
+    torch.manual_seed(0)
+    first, twin = tf.LlamaForCausalLM(config).eval(), tf.LlamaForCausalLM(config).eval()
+    tokens = torch.randint(0, 97, (2, 9))
+    with torch.no_grad():
+        before = twin(tokens).logits
+        model = ms.HookedModel(first)
+        with model.hooks({"blocks.*.attn.pattern": lambda p, ctx: None}):
+            model(tokens)
+            after = twin(tokens).logits
+    assert torch.equal(before, after)

@@ -20,6 +20,12 @@ ALL_ADAPTERS: tuple[Adapter, ...] = (GPT2, GPT_NEOX, GPTJ, LLAMA, MISTRAL, QWEN2
 ADAPTERS: dict[str, Adapter] = {t: a for a in ALL_ADAPTERS for t in a.model_types}
 
 
+def register_adapter(adapter: Adapter) -> None:
+    """Make ``adapter`` serve its ``model_types`` (replacing any existing entry)."""
+    for model_type in adapter.model_types:
+        ADAPTERS[model_type] = adapter
+
+
 def get_adapter(model_type: str) -> Adapter:
     """The adapter for a Hugging Face ``model_type``; a clear error for unsupported ones."""
     try:
