@@ -82,6 +82,7 @@ class HookRuntime:
         self.entries: dict[str, list[Entry]] = defaultdict(list)
         self._handles: dict[tuple[str, str], torch.utils.hooks.RemovableHandle] = {}
         self._z_stash: dict[int, torch.Tensor] = {}
+        self.batch_size = 0  # of the running forward; activations broadcast over it are expanded
         # Module hooks serve groups of points: (module path, "pre" | "post") -> points in order.
         self._groups: dict[tuple[str, str], list[HookPoint]] = defaultdict(list)
         for point in points:
@@ -153,6 +154,8 @@ class HookRuntime:
         return x
 
     def fire_forward(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] == 1 and self.batch_size > 1:  # e.g. GPT-2's position embeddings, [1, pos, d]
+            x = x.expand(self.batch_size, *x.shape[1:])
         for entry in self.entries.get(name, ()):
             if not entry.backward:
                 x = entry.run(x)

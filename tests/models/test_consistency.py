@@ -122,3 +122,10 @@ def test_names_in_execution_order(tiny):
         with torch.no_grad():
             tiny.model(tiny.tokens)
     assert fired == tiny.model.names
+
+
+def test_every_activation_has_the_batch_axis(tiny):
+    """Broadcast activations (GPT-2's position embeddings) are expanded to the batch."""
+    _, cache = tiny.model.run_with_cache(tiny.tokens)
+    for name, tensor in cache.items():
+        assert tensor.shape[0] == 3, name

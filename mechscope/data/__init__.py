@@ -1,0 +1,1 @@
+"""Prompt tasks and corpora."""

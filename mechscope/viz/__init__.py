@@ -1,0 +1,1 @@
+"""Rendering shared by notebooks, reports and the web app."""
