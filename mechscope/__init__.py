@@ -5,6 +5,12 @@
     logits, cache = model.run_with_cache("The capital of France is", names="blocks.*.resid_post")
 """
 
+from .analysis.circuits import composition_scores, copying_scores, full_ov_circuit, ov_circuit, qk_circuit
+from .analysis.dla import DLAResult, direct_logit_attribution
+from .analysis.factored import FactoredMatrix
+from .analysis.heads import HeadScores, detection_masks, head_scores
+from .analysis.lens import LensResult, logit_lens
+from .data.repeated import repeated_random_tokens
 from .errors import (
     HookShapeError,
     MechscopeError,
@@ -29,6 +35,20 @@ __version__ = "0.1.0"
 __all__ = [
     "ADAPTERS",
     "ActivationCache",
+    "DLAResult",
+    "FactoredMatrix",
+    "HeadScores",
+    "LensResult",
+    "composition_scores",
+    "copying_scores",
+    "detection_masks",
+    "direct_logit_attribution",
+    "full_ov_circuit",
+    "head_scores",
+    "logit_lens",
+    "ov_circuit",
+    "qk_circuit",
+    "repeated_random_tokens",
     "Adapter",
     "FusedQKV",
     "NormSpec",

@@ -1,0 +1,1 @@
+"""Observational analysis: lenses, direct logit attribution, head detectors, weight circuits."""
