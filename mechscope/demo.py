@@ -6,17 +6,21 @@ import time
 
 import torch
 
-from .models.hooked import HookedModel
+from .analysis.dla import direct_logit_attribution
+from .analysis.heads import head_scores
+from .analysis.lens import logit_lens
+from .data.repeated import repeated_random_tokens
+from .models.hooked import HookedModel, at
 from .models.loading import load
 
 IOI_PROMPT = "When Mary and John went to the store, John gave a drink to"
 
 
 def ioi_report(model: HookedModel, prompt: str = IOI_PROMPT, correct: str = " Mary", wrong: str = " John") -> str:
-    """Top-5 next tokens, the logit difference and the per-layer logit-lens rank of ``correct``."""
+    """Top-5 next tokens, the logit difference, the logit lens and direct logit attribution."""
     tokens = model.to_tokens(prompt)
     correct_id, wrong_id = model.to_single_token(correct), model.to_single_token(wrong)
-    logits, cache = model.run_with_cache(tokens, names="blocks.*.resid_post", positions=-1)
+    logits = model(tokens).detach()
     last = logits[0, -1]
     probs = last.softmax(-1)
     lines = [f"Prompt: {prompt!r}", "", "Top-5 next tokens:"]
@@ -24,12 +28,38 @@ def ioi_report(model: HookedModel, prompt: str = IOI_PROMPT, correct: str = " Ma
     for p, i in zip(top.values.tolist(), top.indices.tolist()):
         lines.append(f"  {model.to_string([i])!r:>12}  p={p:.4f}  logit={last[i].item():.3f}")
     lines += ["", f"logit({correct!r}) - logit({wrong!r}) = {(last[correct_id] - last[wrong_id]).item():+.4f}", ""]
-    lines.append(f"Logit lens: rank of {correct!r} (0 = top) after each layer")
-    with torch.no_grad():
-        lens = model.unembed(cache.stack("blocks.*.resid_post"))  # [n_layers, batch, d_vocab]
-    ranks = (lens[:, 0] > lens[:, 0, correct_id : correct_id + 1]).sum(-1).tolist()
-    for layer, rank in enumerate(ranks):
-        lines.append(f"  layer {layer:2d}: rank {rank:6d}")
+    lines.append(f"Logit lens at the last position: rank of {correct!r} (0 = top), top token, KL to the output")
+    lens = logit_lens(model, tokens, target=correct_id, k=1)
+    for i, label in enumerate(lens.labels):
+        top = model.to_string([int(lens.top_ids[i, 0, -1, 0])])
+        lines.append(f"  {label:22s} rank {int(lens.target_rank[i, 0, -1]):6d}  top {top!r:>14}  "
+                     f"KL {lens.kl_to_final[i, 0, -1].item():7.3f}")
+    dla = direct_logit_attribution(model, tokens, (correct_id, wrong_id))
+    lines += ["", f"Direct logit attribution of the logit difference (parts sum to {dla.total.item():+.4f}):"]
+    for name, value in dla.top(8, prompt=0):
+        lines.append(f"  {name:14s} {value:+.3f}")
+    return "\n".join(lines)
+
+
+def heads_report(model: HookedModel, n_tokens: int = 50, batch: int = 4) -> str:
+    """Top heads per detector on repeated random tokens, and what ablating induction heads does."""
+    tokens = repeated_random_tokens(n_tokens, batch=batch, seed=0)
+    scores = head_scores(model, tokens)
+    lines = [f"Attention heads on {batch} x repeated random tokens ({n_tokens} tokens twice):"]
+    for kind in scores.scores:
+        top = ", ".join(f"L{l}H{h} {s:.2f}" for l, h, s in scores.top(kind, 5))
+        lines.append(f"  {kind:16s} {top}")
+
+    def second_copy_loss(heads) -> float:
+        hooks = {at_head: (lambda z, ctx: torch.zeros_like(z)) for at_head in heads}
+        with torch.no_grad(), model.hooks(hooks):
+            logits = model(tokens)
+        second = logits[:, n_tokens:-1].flatten(0, 1)
+        return torch.nn.functional.cross_entropy(second, tokens[:, n_tokens + 1:].flatten()).item()
+
+    top = [at(f"blocks.{l}.attn.z", heads=h) for l, h, _ in scores.top("induction", 5)]
+    lines.append(f"  loss on the repeated half: {second_copy_loss([]):.2f} nats; "
+                 f"with the top-5 induction heads zero-ablated: {second_copy_loss(top):.2f}")
     return "\n".join(lines)
 
 
@@ -38,3 +68,5 @@ def main(model_name: str = "smollm2-135m") -> None:
     model = load(model_name)
     print(f"Loaded {model} in {time.perf_counter() - start:.1f} s\n")
     print(ioi_report(model))
+    print()
+    print(heads_report(model))
