@@ -11,6 +11,10 @@ so they work on any text, and are computed once for all layers:
 - induction (prefix matching): keys right after an earlier occurrence of the query's token
   (on repeated random tokens, the token the model should copy next).
 Custom detectors are boolean masks `[pos, pos]` or `[batch, pos, pos]` (query x key).
+
+``average="all"`` divides by every query instead, which is TransformerLens's
+``detect_head`` score (error_measure "mul"); on repeated random tokens that is about half
+the default, since only the repeated half has keys to mark.
 """
 
 from __future__ import annotations
@@ -79,10 +83,13 @@ class HeadScores:
 
 
 def head_scores(model: HookedModel, tokens: TokensLike, kinds: tuple[str, ...] = KINDS, *,
-                custom: dict[str, torch.Tensor] | None = None,
+                custom: dict[str, torch.Tensor] | None = None, average: str = "marked",
                 attention_mask: torch.Tensor | None = None) -> HeadScores:
     """Score every head for each detector in one forward pass (patterns are reduced in the
-    hooks, never stored). ``attention_mask`` excludes padded queries and keys."""
+    hooks, never stored). ``average``: "marked" (queries with a marked key) or "all" (every
+    real query). ``attention_mask`` excludes padded queries and keys."""
+    if average not in ("marked", "all"):
+        raise ValueError(f"average must be 'marked' or 'all', got {average!r}")
     input_ids, mask = model._inputs(tokens, attention_mask, None, None)
     masks = detection_masks(input_ids.cpu(), tuple(kinds))
     batch, n = input_ids.shape
@@ -96,7 +103,8 @@ def head_scores(model: HookedModel, tokens: TokensLike, kinds: tuple[str, ...] =
         masks = {kind: m & valid[:, :, None] & valid[:, None, :] for kind, m in masks.items()}
     device = input_ids.device
     masks = {kind: m.to(device) for kind, m in masks.items()}
-    counted = {kind: m.any(-1) for kind, m in masks.items()}  # [b, q]: queries with a marked key
+    real = torch.ones(batch, n, dtype=torch.bool, device=device) if mask is None else mask.bool()
+    counted = {kind: m.any(-1) if average == "marked" else real for kind, m in masks.items()}  # [b, q]
     scores = {kind: torch.zeros(model.cfg.n_layers, model.cfg.n_heads) for kind in masks}
 
     def score(pattern: torch.Tensor, ctx) -> None:

@@ -123,6 +123,8 @@ def logit_lens(model: HookedModel, tokens: TokensLike, *, target: Target = None,
         names.append(f"blocks.{layer}.resid_post")
     logits, cache = model.run_with_cache(input_ids, names, attention_mask=mask)
     final = torch.log_softmax(logits.float(), dim=-1)
+    final_probs = final.exp()
+    neg_entropy = torch.linalg.vecdot(final_probs, final)  # [batch, pos]; KL = this - E_final[lens lp]
     targets = _targets(target, input_ids)
     top_ids, top_lp, kls, t_lp, t_rank = [], [], [], [], []
     with torch.no_grad():
@@ -131,7 +133,7 @@ def logit_lens(model: HookedModel, tokens: TokensLike, *, target: Target = None,
             top = lp.topk(k, dim=-1)
             top_ids.append(top.indices)
             top_lp.append(top.values)
-            kls.append((final.exp() * (final - lp)).sum(-1))
+            kls.append(neg_entropy - torch.linalg.vecdot(final_probs, lp))
             if targets is not None:
                 safe = targets.clamp(min=0)[..., None]
                 value = lp.gather(-1, safe)

@@ -56,3 +56,12 @@ def test_forced_previous_token_pattern_scores_one(tiny):
     assert torch.allclose(result.scores["diagonal"][0], torch.full((model.cfg.n_heads,), 1 / n))  # only query 0
     assert result.top("previous_token", 1)[0][0] == 0
     assert set(result.to_dataframe().columns) >= {"layer", "head", "induction", "diagonal"}
+
+
+def test_average_all_divides_by_every_query(tiny):
+    tokens = repeated_random_tokens(6, batch=2, low=3, high=97, seed=5)
+    marked = head_scores(tiny.model, tokens, ("induction",))
+    every = head_scores(tiny.model, tokens, ("induction",), average="all")
+    queries_with_target = detection_masks(tokens, ("induction",))["induction"].any(-1).sum().item()
+    ratio = queries_with_target / tokens.numel()
+    torch.testing.assert_close(every.scores["induction"], marked.scores["induction"] * ratio, atol=1e-6, rtol=0)
