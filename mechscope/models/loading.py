@@ -53,12 +53,22 @@ def load(
             attn_implementation=attn_implementation, **extra, **from_pretrained_kwargs,
         )
         if tokenizer is None:
-            tokenizer = _from_pretrained(AutoTokenizer, source, model, **extra)
+            tokenizer = _tokenizer(source, model, extra)
         if device is not None and device_map is None:
             hf_model = hf_model.to(device)
     if not requires_grad:
         hf_model.requires_grad_(False)
     return HookedModel(hf_model, tokenizer, default_prepend_bos=prepend_bos)
+
+
+def _tokenizer(source: str, requested, extra: dict):
+    """The tokenizer; None for a local model directory that has none (e.g. a toy model)."""
+    path = Path(source)
+    if path.is_dir() and "gguf_file" not in extra and not any(
+        (path / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
+    ):
+        return None
+    return _from_pretrained(AutoTokenizer, source, requested, **extra)
 
 
 def _resolve(model: str | os.PathLike) -> tuple[str, dict]:

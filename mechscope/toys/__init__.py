@@ -1,0 +1,1 @@
+"""Toy models mechscope trains itself, for results whose ground truth is known."""

@@ -1,0 +1,173 @@
+"""A 2-layer attention-only transformer that learns induction heads (Olsson et al. 2022).
+
+The model is a Hugging Face GPT-2 whose MLPs are fixed at zero (``d_mlp = 1``, weights and
+biases zero and frozen), so every block is attention-only and the result loads anywhere
+as a ``GPT2LMHeadModel``, with every mechscope tool working on it unchanged. It trains on
+sequences made of a random prefix and then a random segment repeated until the end. Only
+the repeats are predictable, and since the segment's length (the period) and the prefix
+vary from row to row, only by content: an induction circuit (a previous-token head in layer 0 feeding, by
+K-composition, an induction head in layer 1). A fixed span length would let layer 0
+solve it by position alone, which is not induction.
+
+Training is deterministic given the seed (step ``i`` draws its batch from a generator
+seeded with ``(seed, i)``), checkpoints atomically every ``checkpoint_every`` steps, and
+resumes from the last checkpoint with ``resume=True``: the final weights equal those of an
+uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from ..models.hooked import HookedModel
+
+
+@dataclass(frozen=True)
+class InductionToyConfig:
+    n_layers: int = 2
+    n_heads: int = 4
+    d_model: int = 128
+    d_vocab: int = 256
+    seq_len: int = 64
+    min_span: int = 6  # the repeated segment has a random length in [min_span, max_span]
+    max_span: int = 24
+    max_prefix: int = 8  # random tokens before the first copy
+    batch: int = 64
+    steps: int = 3000  # ~140 s on 2 CPU cores
+    lr: float = 1e-3
+    warmup: int = 200
+    seed: int = 0
+    checkpoint_every: int = 250
+
+
+def repeated_span_batch(config: InductionToyConfig, step: int) -> torch.Tensor:
+    """The deterministic batch of ``step``: LongTensor `[batch, seq_len]`; each row is a random
+    prefix followed by a random segment of random length repeated to the end."""
+    generator = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
+    tokens = torch.randint(0, config.d_vocab, (config.batch, config.seq_len), generator=generator)
+    lengths = torch.randint(config.min_span, config.max_span + 1, (config.batch,), generator=generator).tolist()
+    prefixes = torch.randint(0, config.max_prefix + 1, (config.batch,), generator=generator).tolist()
+    for row, length, prefix in zip(tokens, lengths, prefixes):
+        for pos in range(prefix + length, config.seq_len):
+            row[pos] = row[pos - length]
+    return tokens
+
+
+def build_model(config: InductionToyConfig) -> GPT2LMHeadModel:
+    torch.manual_seed(config.seed)
+    hf_config = GPT2Config(
+        vocab_size=config.d_vocab, n_positions=config.seq_len, n_embd=config.d_model, n_layer=config.n_layers,
+        n_head=config.n_heads, n_inner=1, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+        bos_token_id=0, eos_token_id=0, tie_word_embeddings=False,
+    )
+    model = GPT2LMHeadModel(hf_config)
+    for block in model.transformer.h:  # attention-only: the MLP is exactly zero and stays so
+        for param in block.mlp.parameters():
+            param.data.zero_()
+            param.requires_grad_(False)
+    return model
+
+
+def _lr(config: InductionToyConfig, step: int) -> float:
+    if step < config.warmup:
+        return config.lr * (step + 1) / config.warmup
+    progress = (step - config.warmup) / max(1, config.steps - config.warmup)
+    return config.lr * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def _atomic_save(tensors: dict[str, torch.Tensor], extra: dict, path: Path) -> None:
+    tmp = path.with_suffix(".tmp")
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata={"extra": json.dumps(extra)})
+    os.replace(tmp, path)
+
+
+def _flatten_optimizer(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    state = optimizer.state_dict()
+    tensors, meta = {}, {"param_groups": state["param_groups"], "scalars": {}}
+    for index, slots in state["state"].items():
+        for key, value in slots.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"optim.{index}.{key}"] = value
+            else:
+                meta["scalars"][f"{index}.{key}"] = value
+    return tensors, meta
+
+
+def _restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    state: dict[int, dict] = {}
+    for name, value in tensors.items():
+        if name.startswith("optim."):
+            _, index, key = name.split(".", 2)
+            state.setdefault(int(index), {})[key] = value
+    for name, value in meta["scalars"].items():
+        index, key = name.split(".", 1)
+        state.setdefault(int(index), {})[key] = value
+    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+def train_induction_model(out_dir: str | os.PathLike, config: InductionToyConfig = InductionToyConfig(), *,
+                          resume: bool = True, progress: bool = True, stop_after: int | None = None) -> HookedModel:
+    """Train (or resume, or just load) the toy; returns it wrapped.
+
+    ``out_dir/model`` holds the finished model in Hugging Face format (``ms.load`` reads it);
+    ``out_dir/checkpoint.safetensors`` the latest training state. ``stop_after`` ends the run
+    after that many steps (to exercise resuming).
+    """
+    out = Path(out_dir)
+    final_dir = out / "model"
+    if (final_dir / "config.json").is_file() and json.loads((out / "train_config.json").read_text()) == asdict(config):
+        return HookedModel(GPT2LMHeadModel.from_pretrained(final_dir))
+    out.mkdir(parents=True, exist_ok=True)
+    model = build_model(config)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=config.lr, betas=(0.9, 0.98), weight_decay=0.0)
+    checkpoint = out / "checkpoint.safetensors"
+    start = 0
+    if resume and checkpoint.is_file():
+        tensors = load_file(str(checkpoint))
+        with open(checkpoint, "rb") as handle:  # metadata travels inside the safetensors header
+            from safetensors import safe_open
+
+            meta = json.loads(safe_open(handle.name, "pt").metadata()["extra"])
+        if meta["config"] != asdict(config):
+            raise ValueError(f"checkpoint {checkpoint} was written with another config: {meta['config']}")
+        model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, strict=False)
+        _restore_optimizer(optimizer, tensors, meta["optimizer"])
+        start = meta["step"]
+    (out / "train_config.json").write_text(json.dumps(asdict(config), indent=1))
+    model.train()
+    bar = tqdm(range(start, config.steps), initial=start, total=config.steps, disable=not progress, desc="induction toy")
+    began = time.perf_counter()
+    for step in bar:
+        tokens = repeated_span_batch(config, step)
+        for group in optimizer.param_groups:
+            group["lr"] = _lr(config, step)
+        logits = model(tokens).logits
+        loss = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), tokens[:, 1:].flatten())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if step % 50 == 0:
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+        done = step + 1
+        if done % config.checkpoint_every == 0 or done == config.steps or done == stop_after:
+            tensors, meta = _flatten_optimizer(optimizer)
+            state = {f"model.{k}": v for k, v in model.state_dict().items()}
+            _atomic_save({**state, **tensors}, {"config": asdict(config), "step": done, "optimizer": meta,
+                                                "seconds": time.perf_counter() - began}, checkpoint)
+        if stop_after is not None and done >= stop_after and done < config.steps:
+            model.eval()
+            return HookedModel(model)
+    model.eval()
+    model.save_pretrained(final_dir)
+    return HookedModel(model)
