@@ -10,7 +10,9 @@ from .analysis.dla import DLAResult, direct_logit_attribution
 from .analysis.factored import FactoredMatrix
 from .analysis.heads import HeadScores, detection_masks, head_scores
 from .analysis.lens import LensResult, logit_lens
+from .analysis.tuned_lens import TunedLens, lens_kl, train_tuned_lens
 from .data.repeated import repeated_random_tokens
+from .toys.induction import InductionToyConfig, cached_induction_model, train_induction_model
 from .errors import (
     HookShapeError,
     MechscopeError,
@@ -36,6 +38,12 @@ __all__ = [
     "ADAPTERS",
     "ActivationCache",
     "DLAResult",
+    "InductionToyConfig",
+    "TunedLens",
+    "cached_induction_model",
+    "lens_kl",
+    "train_induction_model",
+    "train_tuned_lens",
     "FactoredMatrix",
     "HeadScores",
     "LensResult",

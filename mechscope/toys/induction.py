@@ -17,6 +17,7 @@ uninterrupted run.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -25,10 +26,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 from transformers import GPT2Config, GPT2LMHeadModel
 
+from ..checkpoint import load_checkpoint, save_checkpoint
 from ..models.hooked import HookedModel
 
 
@@ -85,36 +86,6 @@ def _lr(config: InductionToyConfig, step: int) -> float:
     return config.lr * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def _atomic_save(tensors: dict[str, torch.Tensor], extra: dict, path: Path) -> None:
-    tmp = path.with_suffix(".tmp")
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata={"extra": json.dumps(extra)})
-    os.replace(tmp, path)
-
-
-def _flatten_optimizer(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
-    state = optimizer.state_dict()
-    tensors, meta = {}, {"param_groups": state["param_groups"], "scalars": {}}
-    for index, slots in state["state"].items():
-        for key, value in slots.items():
-            if isinstance(value, torch.Tensor):
-                tensors[f"optim.{index}.{key}"] = value
-            else:
-                meta["scalars"][f"{index}.{key}"] = value
-    return tensors, meta
-
-
-def _restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict) -> None:
-    state: dict[int, dict] = {}
-    for name, value in tensors.items():
-        if name.startswith("optim."):
-            _, index, key = name.split(".", 2)
-            state.setdefault(int(index), {})[key] = value
-    for name, value in meta["scalars"].items():
-        index, key = name.split(".", 1)
-        state.setdefault(int(index), {})[key] = value
-    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
-
-
 def train_induction_model(out_dir: str | os.PathLike, config: InductionToyConfig = InductionToyConfig(), *,
                           resume: bool = True, progress: bool = True, stop_after: int | None = None) -> HookedModel:
     """Train (or resume, or just load) the toy; returns it wrapped.
@@ -134,15 +105,10 @@ def train_induction_model(out_dir: str | os.PathLike, config: InductionToyConfig
     checkpoint = out / "checkpoint.safetensors"
     start = 0
     if resume and checkpoint.is_file():
-        tensors = load_file(str(checkpoint))
-        with open(checkpoint, "rb") as handle:  # metadata travels inside the safetensors header
-            from safetensors import safe_open
-
-            meta = json.loads(safe_open(handle.name, "pt").metadata()["extra"])
+        tensors, meta = load_checkpoint(checkpoint, optimizer)
         if meta["config"] != asdict(config):
             raise ValueError(f"checkpoint {checkpoint} was written with another config: {meta['config']}")
-        model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, strict=False)
-        _restore_optimizer(optimizer, tensors, meta["optimizer"])
+        model.load_state_dict(tensors, strict=False)
         start = meta["step"]
     (out / "train_config.json").write_text(json.dumps(asdict(config), indent=1))
     model.train()
@@ -161,13 +127,19 @@ def train_induction_model(out_dir: str | os.PathLike, config: InductionToyConfig
             bar.set_postfix(loss=f"{loss.item():.3f}")
         done = step + 1
         if done % config.checkpoint_every == 0 or done == config.steps or done == stop_after:
-            tensors, meta = _flatten_optimizer(optimizer)
-            state = {f"model.{k}": v for k, v in model.state_dict().items()}
-            _atomic_save({**state, **tensors}, {"config": asdict(config), "step": done, "optimizer": meta,
-                                                "seconds": time.perf_counter() - began}, checkpoint)
+            save_checkpoint(checkpoint, model.state_dict(), {"config": asdict(config), "step": done,
+                            "seconds": time.perf_counter() - began}, optimizer)
         if stop_after is not None and done >= stop_after and done < config.steps:
             model.eval()
             return HookedModel(model)
     model.eval()
     model.save_pretrained(final_dir)
     return HookedModel(model)
+
+
+def cached_induction_model(config: InductionToyConfig = InductionToyConfig(), *, progress: bool = True) -> HookedModel:
+    """The toy for ``config``, trained once and kept under ``$MECHSCOPE_CACHE/toys`` (keyed by the config)."""
+    from ..models.bundled import cache_root
+
+    key = hashlib.sha256(json.dumps(asdict(config), sort_keys=True).encode()).hexdigest()[:12]
+    return train_induction_model(cache_root() / "toys" / f"induction-{key}", config, progress=progress)

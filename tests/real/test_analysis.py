@@ -55,3 +55,13 @@ def test_smollm2_has_induction_heads_that_matter(smol, induction):
     quiet = sorted((strongest[l, h].item(), l, h) for l in range(2, 30) for h in range(9))[:5]
     control = _second_copy_loss(smol, tokens, [(l, h) for _, l, h in quiet])
     assert clean < 3.0 and ablated > 3 * clean and control < 1.5 * clean, (clean, ablated, control)
+
+
+def test_wikipedia_corpus_is_real_text(smol):
+    from mechscope.data import corpora
+
+    texts = corpora.wikipedia()
+    assert len(texts) > 100 and texts[0].startswith("Anarchism is a political philosophy")
+    assert not any("{{" in t or "[[" in t for t in texts[:20])
+    windows = corpora.token_windows(smol.tokenizer, texts, 64, 4)
+    assert windows.shape == (4, 64)

@@ -6,26 +6,19 @@ $MECHSCOPE_CACHE/toys, keyed by its config; later runs load it.
 
 from __future__ import annotations
 
-import hashlib
-import json
-from dataclasses import asdict
-
 import pytest
 import torch
 
 import mechscope as ms
-from mechscope.models.bundled import cache_root
-from mechscope.toys.induction import InductionToyConfig, train_induction_model
+from mechscope.toys.induction import InductionToyConfig, cached_induction_model
 
 SPAN = 24
 
 
 @pytest.fixture(scope="module")
 def toy():
-    config = InductionToyConfig()
-    key = hashlib.sha256(json.dumps(asdict(config), sort_keys=True).encode()).hexdigest()[:12]
-    model = train_induction_model(cache_root() / "toys" / f"induction-{key}", config, progress=False)
-    tokens = ms.repeated_random_tokens(SPAN, batch=16, low=0, high=config.d_vocab, seed=123)
+    model = cached_induction_model(progress=False)
+    tokens = ms.repeated_random_tokens(SPAN, batch=16, low=0, high=InductionToyConfig().d_vocab, seed=123)
     return model, tokens, ms.head_scores(model, tokens)
 
 
