@@ -21,6 +21,8 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/hooks.py
+	$(PY) bench/analysis.py
+	$(PY) bench/tuned_lens.py
 
 # Peer libraries for comparison rows, in their own environment (never a mechscope dependency).
 bench-peers: $(STAMP)
@@ -29,6 +31,7 @@ bench-peers: $(STAMP)
 	echo "torch==2.13.0" > .venv-peers/constraints.txt
 	.venv-peers/bin/python -m pip install -q -c .venv-peers/constraints.txt transformer_lens nnsight
 	$(PY) bench/hooks.py --peers
+	$(PY) bench/analysis.py
 
 clean-venv:
 	rm -rf $(VENV)

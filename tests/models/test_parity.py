@@ -44,13 +44,13 @@ def test_padded_batch_matches_prompts_run_alone(tiny):
             mask[i].scatter_(0, torch.arange(12 - n, 12) if side == "left" else torch.arange(n), 1)
         with torch.no_grad():
             batched = tiny.model(tiny.tokens, mask)
-            for i, n in enumerate(lengths):
+            for i in range(len(lengths)):
                 real = mask[i].bool()
                 alone = tiny.model(tiny.tokens[i, real][None])
                 torch.testing.assert_close(batched[i, real], alone[0], atol=ATOL, rtol=0)
         _, cache = tiny.model.run_with_cache(tiny.tokens, "blocks.0.attn.pattern", attention_mask=mask)
         pattern = cache["blocks.0.attn.pattern"]
-        for i, n in enumerate(lengths):  # no attention to padding from real queries
+        for i in range(len(lengths)):  # no attention to padding from real queries
             real = mask[i].bool()
             assert pattern[i][:, real][:, :, ~real].abs().sum() == 0
 
