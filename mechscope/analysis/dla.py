@@ -102,7 +102,7 @@ def direct_logit_attribution(model: HookedModel, tokens: TokensLike, direction: 
     With a final-logit softcap (Gemma 2) the attribution is of the logits before the cap.
     """
     cfg = model.cfg
-    input_ids, mask = model._inputs(tokens, attention_mask, None, None)
+    input_ids, mask = model.prepare_inputs(tokens, attention_mask)
     final = f"blocks.{cfg.n_layers - 1}.resid_post"
     names = ["embed", "pos_embed", "blocks.*.attn.head_out", "blocks.*.mlp.out", final]
     names = [n for n in names if n != "pos_embed" or "pos_embed" in model.names]

@@ -90,7 +90,7 @@ def head_scores(model: HookedModel, tokens: TokensLike, kinds: tuple[str, ...] =
     real query). ``attention_mask`` excludes padded queries and keys."""
     if average not in ("marked", "all"):
         raise ValueError(f"average must be 'marked' or 'all', got {average!r}")
-    input_ids, mask = model._inputs(tokens, attention_mask, None, None)
+    input_ids, mask = model.prepare_inputs(tokens, attention_mask)
     masks = detection_masks(input_ids.cpu(), tuple(kinds))
     batch, n = input_ids.shape
     for name, custom_mask in (custom or {}).items():

@@ -115,7 +115,7 @@ def logit_lens(model: HookedModel, tokens: TokensLike, *, target: Target = None,
       ``"next"`` (each position's next input token).
     sublayers: also read ``resid_mid`` (after attention, before the MLP).
     """
-    input_ids, mask = model._inputs(tokens, attention_mask, None, None)
+    input_ids, mask = model.prepare_inputs(tokens, attention_mask)
     names = ["blocks.0.resid_pre"]
     for layer in range(model.cfg.n_layers):
         if sublayers and f"blocks.{layer}.resid_mid" in model.names:

@@ -98,7 +98,8 @@ class HookedModel(nn.Module):
         ``attention_mask`` that contains padding, position ids are derived from it, so
         left- and right-padded prompts get the same positions as when run alone.
         """
-        input_ids, attention_mask = self._inputs(tokens, attention_mask, prepend_bos, padding_side)
+        input_ids, attention_mask = self.prepare_inputs(tokens, attention_mask, prepend_bos=prepend_bos,
+                                                       padding_side=padding_side)
         kwargs = {}
         if attention_mask is not None and not bool(attention_mask.all()):
             kwargs["attention_mask"] = attention_mask
@@ -109,7 +110,11 @@ class HookedModel(nn.Module):
             logits = self._runtime.fire("logits", logits)
         return logits
 
-    def _inputs(self, tokens, attention_mask, prepend_bos, padding_side):
+    def prepare_inputs(self, tokens: TokensLike, attention_mask: torch.Tensor | None = None, *,
+                       prepend_bos: bool | None = None, padding_side: str | None = None
+                       ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(input_ids [batch, pos], attention_mask [batch, pos] or None)`` on the model's device,
+        from ids (`[pos]` or `[batch, pos]`) or text (tokenized and padded), with shape checks."""
         if isinstance(tokens, str) or (isinstance(tokens, Sequence) and not isinstance(tokens, torch.Tensor)):
             if attention_mask is not None:
                 raise SelectionError("pass attention_mask only with token ids, not with text")
@@ -335,7 +340,7 @@ class HookedModel(nn.Module):
         ``return_tokens``. Batched text prompts are left-padded.
         """
         if isinstance(prompt, torch.Tensor):
-            ids, mask = self._inputs(prompt, None, prepend_bos, None)
+            ids, mask = self.prepare_inputs(prompt, prepend_bos=prepend_bos)
         else:
             ids, mask = self.to_tokens(prompt, prepend_bos=prepend_bos, padding_side="left", return_mask=True)
             ids, mask = ids.to(self.device), mask.to(self.device)
