@@ -1,0 +1,1 @@
+"""Causal interventions: patching, ablations, causal tracing."""

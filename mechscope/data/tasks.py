@@ -1,0 +1,87 @@
+"""Clean/corrupted prompt pairs with answers: the input of every patching experiment."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import SelectionError
+from .repeated import repeated_random_tokens
+
+
+@dataclass
+class PromptPairs:
+    """Aligned clean and corrupted prompts.
+
+    clean, corrupted: LongTensor `[n, pos]` of identical shape (position i means the same
+      slot in both). answers, wrong: `[n]` token ids of the correct and the contrasting
+      answer. answer_positions: `[n]` where the answer is predicted (default: last).
+    """
+
+    clean: torch.Tensor
+    corrupted: torch.Tensor
+    answers: torch.Tensor
+    wrong: torch.Tensor
+    answer_positions: torch.Tensor | None = None
+    clean_texts: list[str] | None = None
+    corrupted_texts: list[str] | None = None
+
+    def __post_init__(self) -> None:
+        if self.clean.ndim != 2 or self.clean.shape[0] == 0:
+            raise SelectionError(f"need a non-empty batch of prompts [n, pos], got shape {tuple(self.clean.shape)}")
+        if self.clean.shape != self.corrupted.shape:
+            raise SelectionError(
+                f"clean prompts {tuple(self.clean.shape)} and corrupted prompts {tuple(self.corrupted.shape)} "
+                "differ in shape; patching needs each corrupted prompt to have its clean prompt's token length"
+            )
+        n = self.clean.shape[0]
+        if self.answers.shape != (n,) or self.wrong.shape != (n,):
+            raise SelectionError(f"answers and wrong answers must be [n] = [{n}] token ids")
+        if self.answer_positions is None:
+            self.answer_positions = torch.full((n,), self.clean.shape[1] - 1, dtype=torch.long)
+
+    def __len__(self) -> int:
+        return self.clean.shape[0]
+
+
+def _single_token(tokenizer, text: str) -> int:
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    if len(ids) != 1:
+        raise SelectionError(f"answer {text!r} is {len(ids)} tokens ({ids}); answers must be single tokens")
+    return ids[0]
+
+
+def pairs_from_strings(model, clean: Sequence[str], corrupted: Sequence[str], answers: Sequence[str],
+                       wrong: Sequence[str], *, prepend_bos: bool | None = None) -> PromptPairs:
+    """User-defined pairs. Each clean/corrupted pair must tokenize to the same length, all
+    pairs to one length (use the same template), and answers must be single tokens."""
+    if not clean:
+        raise SelectionError("no prompts given")
+    if not (len(clean) == len(corrupted) == len(answers) == len(wrong)):
+        raise SelectionError("clean, corrupted, answers and wrong must have the same number of entries")
+    tok = model.tokenizer
+    rows_clean = [model.to_tokens(t, prepend_bos=prepend_bos)[0] for t in clean]
+    rows_corrupt = [model.to_tokens(t, prepend_bos=prepend_bos)[0] for t in corrupted]
+    for a, b, ta, tb in zip(rows_clean, rows_corrupt, clean, corrupted):
+        if a.shape != b.shape:
+            raise SelectionError(f"{ta!r} is {a.shape[0]} tokens but its corruption {tb!r} is {b.shape[0]}")
+    if len({r.shape[0] for r in rows_clean}) != 1:
+        raise SelectionError("prompts of different token lengths; keep one template per PromptPairs")
+    return PromptPairs(
+        torch.stack(rows_clean), torch.stack(rows_corrupt),
+        torch.tensor([_single_token(tok, a) for a in answers]), torch.tensor([_single_token(tok, w) for w in wrong]),
+        clean_texts=list(clean), corrupted_texts=list(corrupted),
+    )
+
+
+def induction_pairs(n: int, n_tokens: int = 20, *, low: int = 100, high: int = 20000, seed: int = 0) -> PromptPairs:
+    """Repeated random tokens; the corruption replaces the first copy with other random tokens,
+    so the answer (the next token of the second copy) is no longer available in context.
+    The answer is predicted at the second-to-last position; ``wrong`` is the corrupted run's token there."""
+    clean = repeated_random_tokens(n_tokens, batch=n, low=low, high=high, seed=seed)
+    other = torch.randint(low, high, (n, n_tokens), generator=torch.Generator().manual_seed(seed + 1))
+    corrupted = torch.cat([other, clean[:, n_tokens:]], dim=1)
+    position = torch.full((n,), 2 * n_tokens - 2, dtype=torch.long)
+    return PromptPairs(clean, corrupted, clean[:, -1].clone(), other[:, -1].clone(), answer_positions=position)
