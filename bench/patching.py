@@ -14,31 +14,8 @@ import time
 import torch
 
 import mechscope as ms
-from mechscope.causal.metrics import logit_diff
-from mechscope.causal.patching import COMPONENTS, activation_patching
+from mechscope.causal.patching import activation_patching, patch_one_by_one
 from mechscope.data.ioi import ioi
-
-
-def naive(model, pairs, component):
-    suffix = COMPONENTS[component][0]
-    _, source = model.run_with_cache(pairs.clean, f"blocks.*.{suffix}")
-    point = model.hook_point(f"blocks.0.{suffix}")
-    dim = point.head_dim if suffix.startswith("attn.") and suffix != "attn.out" else point.pos_dim
-    n_cols = source[f"blocks.0.{suffix}"].shape[dim]
-    out = torch.empty(model.cfg.n_layers, n_cols, len(pairs))
-    for layer in range(model.cfg.n_layers):
-        name = f"blocks.{layer}.{suffix}"
-        for col in range(n_cols):
-            def patch(x, ctx, col=col, name=name):
-                x = x.clone()
-                index = [slice(None)] * x.ndim
-                index[dim] = col
-                x[tuple(index)] = source[name][tuple(index)]
-                return x
-
-            with torch.no_grad(), model.hooks({name: patch}):
-                out[layer, col] = logit_diff(model(pairs.corrupted), pairs)
-    return out
 
 
 def main() -> None:
@@ -52,7 +29,7 @@ def main() -> None:
         batched = activation_patching(model, pairs, component)
         batched_time = time.perf_counter() - start
         start = time.perf_counter()
-        reference = naive(model, pairs, component)
+        reference = patch_one_by_one(model, pairs, component)
         naive_time = time.perf_counter() - start
         cells = batched.raw.shape[0] * batched.raw.shape[1]
         print(f"{component:22s} {cells:6d} {batched_time:10.2f} {naive_time:9.2f} {naive_time / batched_time:6.2f}x  "

@@ -89,10 +89,15 @@ def _cells(model: HookedModel, component: str, n_pos: int) -> tuple[str, list[tu
     return suffix, cells, n_cols, "pos" if axis == "pos" else "head"
 
 
+def _cell_dim(point) -> int:
+    """The axis a cell indexes: heads for per-head components, positions otherwise."""
+    return point.head_dim if point.suffix.startswith("attn.") and point.suffix != "attn.out" else point.pos_dim
+
+
 def _patcher(point, variants: list[tuple[int, tuple[int, int]]], n_prompts: int, source: torch.Tensor):
     """Hook writing, for each variant ``k``, the source's cell (a position or a head) into rows
     ``k*n .. (k+1)*n`` of the stacked batch."""
-    dim = point.head_dim if point.suffix.startswith("attn.") and point.suffix != "attn.out" else point.pos_dim
+    dim = _cell_dim(point)
 
     def patch(x: torch.Tensor, ctx) -> torch.Tensor:
         x = x.clone()
@@ -141,6 +146,34 @@ def activation_patching(model: HookedModel, pairs: PromptPairs, component: str =
             for k, (layer, col) in enumerate(chunk):
                 raw[layer, col] = values[k]
     return PatchingResult(component, direction, raw, clean_metric, corrupted_metric, col_label)
+
+
+def patch_one_by_one(model: HookedModel, pairs: PromptPairs, component: str = "resid_pre", *,
+                     metric: Metric = logit_diff, direction: str = "denoise") -> torch.Tensor:
+    """The naive reference: one forward per cell, slicing the activation by hand.
+
+    Returns the raw metric `[n_layers, n_cols, n_prompts]`, which `activation_patching`
+    reproduces bit for bit in far fewer forwards (used by the tests and bench/patching.py).
+    """
+    base, source_tokens = (pairs.corrupted, pairs.clean) if direction == "denoise" else (pairs.clean, pairs.corrupted)
+    suffix, cells, n_cols, _ = _cells(model, component, pairs.clean.shape[1])
+    _, source = model.run_with_cache(source_tokens, f"blocks.*.{suffix}")
+    point = model.hook_point(f"blocks.0.{suffix}")
+    dim = _cell_dim(point)
+    out = torch.empty(model.cfg.n_layers, n_cols, len(pairs))
+    for layer, col in cells:
+        name = f"blocks.{layer}.{suffix}"
+
+        def patch(x: torch.Tensor, ctx, col: int = col, name: str = name) -> torch.Tensor:
+            x = x.clone()
+            index = [slice(None)] * x.ndim
+            index[dim] = col
+            x[tuple(index)] = source[name][tuple(index)]
+            return x
+
+        with torch.no_grad(), model.hooks({name: patch}):
+            out[layer, col] = metric(model(base), pairs).float().cpu()
+    return out
 
 
 def _chunks(cells: list[tuple[int, int]], size: int, one_layer_per_pass: bool) -> list[list[tuple[int, int]]]:

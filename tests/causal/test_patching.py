@@ -1,4 +1,6 @@
 """Batched activation patching: equal to the one-forward-per-cell loop, and its identities."""
+# patch_one_by_one shares no code with the batched path but the cell list: it slices each
+# activation by hand, one forward per cell.
 
 from __future__ import annotations
 
@@ -6,8 +8,7 @@ import pytest
 import torch
 
 import mechscope as ms
-from mechscope.causal.metrics import logit_diff
-from mechscope.causal.patching import COMPONENTS, activation_patching
+from mechscope.causal.patching import activation_patching, patch_one_by_one
 from mechscope.data.tasks import PromptPairs
 
 
@@ -19,34 +20,11 @@ def _pairs(seed=0, n=3, pos=8):
     return PromptPairs(clean, corrupted, torch.randint(3, 97, (n,), generator=gen), torch.randint(3, 97, (n,), generator=gen))
 
 
-def _naive(model, pairs, component, direction="denoise"):
-    """One forward per cell, patching the slice by hand."""
-    suffix = COMPONENTS[component][0]
-    base, source_tokens = (pairs.corrupted, pairs.clean) if direction == "denoise" else (pairs.clean, pairs.corrupted)
-    _, source = model.run_with_cache(source_tokens, f"blocks.*.{suffix}")
-    point = model.hook_point(f"blocks.0.{suffix}")
-    dim = point.head_dim if suffix.startswith("attn.") and suffix != "attn.out" else point.pos_dim
-    n_cols = source[f"blocks.0.{suffix}"].shape[dim]
-    out = torch.empty(model.cfg.n_layers, n_cols, len(pairs))
-    for layer in range(model.cfg.n_layers):
-        name = f"blocks.{layer}.{suffix}"
-        for col in range(n_cols):
-            def patch(x, ctx, col=col, name=name):
-                x = x.clone()
-                index = [slice(None)] * x.ndim
-                index[dim] = col
-                x[tuple(index)] = source[name][tuple(index)]
-                return x
-            with torch.no_grad(), model.hooks({name: patch}):
-                out[layer, col] = logit_diff(model(base), pairs)
-    return out
-
-
 @pytest.mark.parametrize("component", ["resid_pre", "attn_out", "mlp_out", "heads", "head_v", "head_pattern"])
 def test_batched_equals_naive_loop(tiny, component):
     pairs = _pairs()
     batched = activation_patching(tiny.model, pairs, component, variants_per_pass=5)
-    naive = _naive(tiny.model, pairs, component)
+    naive = patch_one_by_one(tiny.model, pairs, component)
     assert torch.equal(batched.raw, naive), (batched.raw - naive).abs().max()
 
 
