@@ -160,15 +160,11 @@ class HookedModel(nn.Module):
         in registration order and are removed on exit, also when an exception is raised.
         """
         entries = self._entries(forward, False) + self._entries(backward, True)
-        added: list[Entry] = []
         try:
-            for entry in entries:
-                self._runtime.add(entry)
-                added.append(entry)
+            self._runtime.add(entries)
             yield self
         finally:
-            for entry in added:
-                self._runtime.remove(entry)
+            self._runtime.remove(entries)
 
     def run_with_hooks(self, tokens: TokensLike, forward: HookSpec | None = None, *,
                        backward: HookSpec | None = None, **kwargs) -> torch.Tensor:

@@ -107,17 +107,25 @@ class HookRuntime:
             raise MechscopeError("the HookedModel this runtime belongs to was garbage collected")
         return model
 
-    def add(self, entry: Entry) -> None:
-        self.entries[entry.point.name].append(entry)
-        self._sync_module_hooks()
+    def add(self, entries: list[Entry]) -> None:
+        """Register entries (in order), then install the module hooks they need."""
+        try:
+            for entry in entries:
+                self.entries[entry.point.name].append(entry)
+        finally:
+            self._sync_module_hooks()
 
-    def remove(self, entry: Entry) -> None:
-        bucket = self.entries.get(entry.point.name, [])
-        if entry in bucket:
-            bucket.remove(entry)
-        if not bucket:
-            self.entries.pop(entry.point.name, None)
-        self._sync_module_hooks()
+    def remove(self, entries: list[Entry]) -> None:
+        """Unregister entries, then drop module hooks nothing needs any more."""
+        try:
+            for entry in entries:
+                bucket = self.entries.get(entry.point.name, [])
+                if entry in bucket:
+                    bucket.remove(entry)
+                if not bucket:
+                    self.entries.pop(entry.point.name, None)
+        finally:
+            self._sync_module_hooks()
 
     def clear(self) -> None:
         self.entries.clear()
