@@ -104,8 +104,8 @@ class HookedModel(nn.Module):
         if attention_mask is not None and not bool(attention_mask.all()):
             kwargs["attention_mask"] = attention_mask
             kwargs["position_ids"] = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-        self._runtime.batch_size = input_ids.shape[0]
-        logits = self.hf(input_ids=input_ids, use_cache=False, **kwargs).logits
+        with self._runtime.forward_batch(input_ids.shape[0]):
+            logits = self.hf(input_ids=input_ids, use_cache=False, **kwargs).logits
         if "logits" in self._runtime.entries:
             logits = self._runtime.fire("logits", logits)
         return logits
@@ -347,8 +347,7 @@ class HookedModel(nn.Module):
             options.update(temperature=None, top_k=None, top_p=None)
         processors = LogitsProcessorList([_LogitsHook(self._runtime)]) if "logits" in self._runtime.entries else None
         pad = _pad_id(self.tokenizer) if self.tokenizer is not None else 0
-        self._runtime.batch_size = ids.shape[0]
-        with torch.no_grad():
+        with torch.no_grad(), self._runtime.forward_batch(ids.shape[0]):
             out = self.hf.generate(input_ids=ids, attention_mask=mask, pad_token_id=pad,
                                    logits_processor=processors, **options, **generate_kwargs)
         if return_tokens or self.tokenizer is None:

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import weakref
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -82,7 +83,7 @@ class HookRuntime:
         self.entries: dict[str, list[Entry]] = defaultdict(list)
         self._handles: dict[tuple[str, str], torch.utils.hooks.RemovableHandle] = {}
         self._z_stash: dict[int, torch.Tensor] = {}
-        self.batch_size = 0  # of the running forward; activations broadcast over it are expanded
+        self.batch_size = 0  # of the running forward (see forward_batch); 0 outside one
         # Module hooks serve groups of points: (module path, "pre" | "post") -> points in order.
         self._groups: dict[tuple[str, str], list[HookPoint]] = defaultdict(list)
         for point in points:
@@ -130,6 +131,16 @@ class HookRuntime:
     def clear(self) -> None:
         self.entries.clear()
         self._sync_module_hooks()
+
+    @contextmanager
+    def forward_batch(self, batch_size: int) -> Iterator[None]:
+        """Within the block, batch-1 activations (broadcast by the model, e.g. GPT-2's position
+        embeddings) are expanded to ``batch_size``; outside it nothing is expanded."""
+        previous, self.batch_size = self.batch_size, batch_size
+        try:
+            yield
+        finally:
+            self.batch_size = previous
 
     @property
     def has_backward(self) -> bool:

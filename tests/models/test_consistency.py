@@ -129,3 +129,12 @@ def test_every_activation_has_the_batch_axis(tiny):
     _, cache = tiny.model.run_with_cache(tiny.tokens)
     for name, tensor in cache.items():
         assert tensor.shape[0] == 3, name
+
+
+def test_batch_expansion_is_scoped_to_the_forward(tiny):
+    """After a batched forward, a hook firing outside one (unembed) keeps its own batch size."""
+    model = tiny.model
+    with model.hooks({"ln_final.out": lambda x, ctx: None}), torch.no_grad():
+        model(tiny.tokens)  # batch 3
+        out = model.unembed(torch.randn(1, 12, model.cfg.d_model))
+    assert out.shape[0] == 1
