@@ -127,9 +127,12 @@ def activation_patching(model: HookedModel, pairs: PromptPairs, component: str =
     suffix, cells, n_cols, col_label = _cells(model, component, pairs.clean.shape[1])
     names = [f"blocks.{l}.{suffix}" for l in range(model.cfg.n_layers)]
     with torch.no_grad():
-        clean_metric = metric(model(pairs.clean), pairs).float().cpu()
-        corrupted_metric = metric(model(pairs.corrupted), pairs).float().cpu()
-        _, source = model.run_with_cache(source_tokens, names)
+        source_logits, source = model.run_with_cache(source_tokens, names)  # the source run, cached once
+        base_logits = model(base)
+        clean_logits, corrupted_logits = (
+            (source_logits, base_logits) if direction == "denoise" else (base_logits, source_logits))
+        clean_metric = metric(clean_logits, pairs).float().cpu()
+        corrupted_metric = metric(corrupted_logits, pairs).float().cpu()
         per_pass = variants_per_pass or max(1, max_rows // n)
         raw = torch.empty(model.cfg.n_layers, n_cols, n)
         for chunk in _chunks(cells, per_pass, one_layer_per_pass=suffix in PATTERN_SUFFIXES):
