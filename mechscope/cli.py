@@ -30,6 +30,10 @@ def main(argv: list[str] | None = None) -> int:
     names.add_argument("--model", default="smollm2-135m")
     names.add_argument("pattern", nargs="?", default="*", help="glob, e.g. 'blocks.0.*'")
 
+    from .sae.commands import add_parsers as add_sae_parsers
+
+    add_sae_parsers(sub)
+
     args = parser.parse_args(argv)
     if args.command == "demo":
         from .demo import main as demo_main
@@ -37,6 +41,10 @@ def main(argv: list[str] | None = None) -> int:
         demo_main(args.model)
     elif args.command == "names":
         _names(args)
+    elif args.command == "sae":
+        from .sae.commands import run as run_sae
+
+        run_sae(args)
     return 0
 
 

@@ -145,3 +145,67 @@ def token_windows(tokenizer, texts: list[str], seq_len: int, n_windows: int, *, 
     starts = torch.randint(0, len(stream) - seq_len, (n_windows,), generator=generator)
     data = torch.tensor(stream, dtype=torch.long)
     return torch.stack([data[s : s + seq_len] for s in starts.tolist()])
+
+
+def packed_windows(tokenizer, texts: list[str], seq_len: int) -> torch.Tensor:
+    """Every token of the texts once: the texts tokenized, joined with the EOS token and cut
+    into consecutive windows of ``seq_len`` (the incomplete tail dropped): LongTensor `[n, seq_len]`."""
+    separator = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    stream: list[int] = []
+    for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]:
+        stream += ids + separator
+    n_windows = len(stream) // seq_len
+    if n_windows == 0:
+        raise CorpusUnavailableError(f"the texts hold {len(stream)} tokens, fewer than one window of {seq_len}")
+    return torch.tensor(stream[: n_windows * seq_len], dtype=torch.long).reshape(n_windows, seq_len)
+
+
+def hf_texts(dataset: str, *, split: str = "train", column: str = "text", config: str | None = None,
+             max_texts: int | None = None) -> list[str]:
+    """Texts streamed from a Hugging Face dataset (needs the ``datasets`` package and the hub,
+    or a local dataset folder/file the ``datasets`` loaders read)."""
+    try:
+        import datasets
+    except ImportError as e:
+        raise CorpusUnavailableError("reading a Hugging Face dataset needs `pip install datasets`") from e
+    try:
+        stream = datasets.load_dataset(dataset, config, split=split, streaming=True)
+    except Exception as e:  # the hub, the network and the loaders raise many kinds
+        raise CorpusUnavailableError(f"cannot stream the dataset {dataset!r} (split {split!r}): {e}") from e
+    texts = []
+    for row in stream:
+        if column not in row:
+            raise CorpusUnavailableError(f"dataset {dataset!r} has no column {column!r} (columns: {sorted(row)})")
+        texts.append(row[column])
+        if max_texts is not None and len(texts) >= max_texts:
+            break
+    return texts
+
+
+BUILT_IN = {"wikipedia": wikipedia, "python_stdlib": python_stdlib}
+
+
+def corpus_texts(name: str) -> list[str]:
+    """The texts of a corpus named ``"wikipedia"``, ``"python_stdlib"``, ``"hf:<dataset>"``
+    (optionally ``"hf:<dataset>:<split>:<column>"``) or a path to a ``.txt``/``.jsonl`` file
+    (one JSON string or ``{"text": ...}`` per line)."""
+    if name in BUILT_IN:
+        return BUILT_IN[name]()
+    if name.startswith("hf:"):
+        dataset, *rest = name[3:].split(":")
+        options = dict(zip(("split", "column"), rest))
+        return hf_texts(dataset, **options)
+    path = Path(name)
+    if path.is_file():
+        if path.suffix == ".jsonl":
+            rows = _read_jsonl(path)
+            return [row["text"] if isinstance(row, dict) else row for row in rows]
+        return [path.read_text(encoding="utf-8")]
+    raise CorpusUnavailableError(f"unknown corpus {name!r}: use {', '.join(BUILT_IN)}, 'hf:<dataset>' or a file path")
+
+
+def mixed_windows(tokenizer, names: list[str], seq_len: int, *, seed: int = 0) -> torch.Tensor:
+    """`packed_windows` of every named corpus, shuffled together (seeded) so that any stretch of
+    windows mixes the corpora: LongTensor `[n, seq_len]`."""
+    windows = torch.cat([packed_windows(tokenizer, corpus_texts(name), seq_len) for name in names])
+    return windows[torch.randperm(len(windows), generator=torch.Generator().manual_seed(seed))]

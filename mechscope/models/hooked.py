@@ -194,6 +194,18 @@ class HookedModel(nn.Module):
         finally:
             self._runtime.remove(entries)
 
+    @contextmanager
+    def saes(self, *saes, keep_error: bool = False, skip_first: bool = False) -> Iterator[HookedModel]:
+        """Splice SAEs / transcoders (`mechscope.SAE`) into every forward inside the ``with``
+        block. Each adds the names ``<name>.sae.input``, ``.sae.latents`` `[b, p, d_sae]`,
+        ``.sae.recon`` (and ``.sae.error`` with ``keep_error=True``: the forward is then unchanged
+        until a hook edits the latents), usable by ``run_with_cache`` and ``hooks``.
+        skip_first leaves position 0 unreplaced."""
+        from ..sae.splice import attach_saes
+
+        with attach_saes(self, saes, keep_error=keep_error, skip_first=skip_first):
+            yield self
+
     def run_with_hooks(self, tokens: TokensLike, forward: HookSpec | None = None, *,
                        backward: HookSpec | None = None, **kwargs) -> torch.Tensor:
         """``model(tokens)`` with hooks active; returns logits `[batch, pos, d_vocab]`."""
@@ -408,4 +420,4 @@ def _tokenizer_adds_bos(tokenizer) -> bool:
     return bool(ids) and ids[0] == tokenizer.bos_token_id
 
 
-__all__ = ["HookedModel", "Target", "at", "LayerWeights"]
+__all__ = ["HookedModel", "LayerWeights", "Target", "at"]

@@ -101,6 +101,22 @@ class HookRuntime:
         attach_attention(model, self)
 
     # ----------------------------------------------------------------- registration
+    def add_derived(self, points: list[HookPoint], after: str) -> None:
+        """Make ``points`` (site kind ``"derived"``) nameable, listed right after ``after``."""
+        names = self.model.names
+        clash = [p.name for p in points if p.name in self.points]
+        if clash:
+            raise MechscopeError(f"{clash[0]!r} already exists (is an SAE already attached there?)")
+        at = names.index(after) + 1
+        names[at:at] = [p.name for p in points]
+        self.points.update({p.name: p for p in points})
+
+    def remove_derived(self, points: list[HookPoint]) -> None:
+        for point in points:
+            self.entries.pop(point.name, None)
+            self.points.pop(point.name, None)
+            self.model.names.remove(point.name)
+
     @property
     def model(self) -> HookedModel:
         model = self._model()

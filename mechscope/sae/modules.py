@@ -115,6 +115,21 @@ class SAE(nn.Module):
             out = out + x @ self.W_skip
         return out
 
+    def decode_sparse(self, indices: torch.Tensor, values: torch.Tensor,
+                      x: torch.Tensor | None = None) -> torch.Tensor:
+        """`decode` of latents given as their active entries: ``indices``/``values`` `[..., k]`
+        (e.g. a top-k); reads only those k rows of ``W_dec`` (an ``embedding_bag``), so it
+        costs k/d_sae of the dense decode. Returns `[..., d_output]`."""
+        flat_indices = indices.reshape(-1, indices.shape[-1])
+        out = nn.functional.embedding_bag(flat_indices, self.W_dec, per_sample_weights=values.reshape(flat_indices.shape).to(self.W_dec.dtype),
+                                          mode="sum")
+        out = out.reshape(*indices.shape[:-1], self.cfg.d_output) + self.b_dec
+        if self.W_skip is not None:
+            if x is None:
+                raise SelectionError("this transcoder has a skip connection: decode_sparse(..., x) needs its input x")
+            out = out + x @ self.W_skip
+        return out
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Reconstruction `[..., d_output]` of ``x`` `[..., d_in]`."""
         return self.decode(self.encode(x), x)

@@ -1,25 +1,82 @@
-"""Splicing an SAE or transcoder into a model's forward pass through the hook API.
+"""Splicing SAEs and transcoders into a model's forward pass.
 
-    with model.hooks(splice_hooks(sae)):            # the activation replaced by its reconstruction
+    with model.saes(sae, keep_error=True):           # attached: new names, usable by caches and hooks
+        logits, cache = model.run_with_cache(tokens, names="blocks.15.resid_post.sae.latents")
+        logits = model.run_with_hooks(tokens, {"blocks.15.resid_post.sae.latents": clamp_latent_7})
+    with model.hooks(splice_hooks(sae)):             # plain hooks: the activation replaced by its reconstruction
         logits = model(tokens)
-    with model.hooks(splice_hooks(sae, keep_error=True, edit=lambda z: z.index_fill(-1, idx, 0.0))):
-        logits = model(tokens)                       # reconstruction + error term, latents edited
 
-``keep_error=True`` adds the SAE's error ``x - decode(encode(x))`` back, so without an edit
-the forward is unchanged and an edit of the latents changes exactly what the latents carry.
-A transcoder reads ``cfg.hook_name`` and replaces ``cfg.output_hook_name``.
+While attached, an SAE reading ``<name>`` adds four names, fired inside ``<name>``'s hook:
+``<name>.sae.input`` `[b, p, d_in]` (what it reads), ``<name>.sae.latents`` `[b, p, d_sae]`,
+``<name>.sae.recon`` `[b, p, d_output]` (decoded from the latents as the hooks left them) and,
+with ``keep_error=True``, ``<name>.sae.error`` `[b, p, d_output]` (target minus the reconstruction
+of the unedited latents). What is written back is ``recon`` (+ ``error``), so with the error term
+and no edit the forward is unchanged, and an edit of the latents changes exactly what they carry.
+A transcoder reads ``cfg.hook_name`` and writes ``cfg.output_hook_name``; its names are still
+keyed by ``cfg.hook_name``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from typing import TYPE_CHECKING
 
 import torch
 
 from ..errors import SelectionError
+from ..models.adapters.base import Site
+from ..models.hook_points import HookPoint
 from .modules import SAE
 
+if TYPE_CHECKING:
+    from ..models.hooked import HookedModel
+
 LatentEdit = Callable[[torch.Tensor], torch.Tensor]
+Fire = Callable[[str, torch.Tensor], torch.Tensor]
+DERIVED = ("sae.input", "sae.latents", "sae.recon", "sae.error")
+
+
+def _unchanged(name: str, x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
+def _hooks(sae: SAE, *, keep_error: bool, edit: LatentEdit | None, skip_first: bool, fire: Fire) -> dict:
+    cfg = sae.cfg
+    if not cfg.hook_name:
+        raise SelectionError("the SAE's cfg.hook_name is empty: set it to the activation it reads")
+    if cfg.is_transcoder and not cfg.output_hook_name:
+        raise SelectionError("a transcoder needs cfg.output_hook_name, the activation it reconstructs")
+    base = cfg.hook_name
+    inputs: dict[str, torch.Tensor] = {}
+
+    def reconstruct(x_in: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        x = fire(f"{base}.sae.input", x_in.to(sae.W_enc.dtype))
+        clean = sae.encode(x)
+        latents = fire(f"{base}.sae.latents", clean.clone() if keep_error else clean)
+        if edit is not None:
+            latents = edit(latents)
+        new = fire(f"{base}.sae.recon", sae.decode(latents, x))
+        if keep_error:
+            new = new + fire(f"{base}.sae.error", target.to(new.dtype) - sae.decode(clean, x))
+        new = new.to(target.dtype)
+        if skip_first:
+            new = torch.cat([target[:, :1], new[:, 1:]], dim=1)
+        return new
+
+    if not cfg.is_transcoder:
+        return {base: lambda x, ctx: reconstruct(x, x)}
+
+    def read(x: torch.Tensor, ctx) -> None:
+        inputs["x"] = x
+
+    def write(target: torch.Tensor, ctx) -> torch.Tensor:
+        if "x" not in inputs:
+            raise SelectionError(f"{cfg.output_hook_name!r} fired before {base!r}: "
+                                 "a transcoder must read an activation computed before the one it writes")
+        return reconstruct(inputs.pop("x"), target)
+
+    return {base: read, cfg.output_hook_name: write}
 
 
 def splice_hooks(sae: SAE, *, keep_error: bool = False, edit: LatentEdit | None = None,
@@ -30,34 +87,33 @@ def splice_hooks(sae: SAE, *, keep_error: bool = False, edit: LatentEdit | None 
       zero latents). skip_first: leave position 0 (the BOS token, whose norm dwarfs the others)
       as it is.
     """
-    cfg = sae.cfg
-    if not cfg.hook_name:
-        raise SelectionError("the SAE's cfg.hook_name is empty: set it to the activation it reads")
-    if cfg.is_transcoder and not cfg.output_hook_name:
-        raise SelectionError("a transcoder needs cfg.output_hook_name, the activation it reconstructs")
-    inputs: dict[str, torch.Tensor] = {}
+    return _hooks(sae, keep_error=keep_error, edit=edit, skip_first=skip_first, fire=_unchanged)
 
-    def reconstruct(x_in: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        x = x_in.to(sae.W_enc.dtype)
-        latents = sae.encode(x)
-        new = sae.decode(edit(latents) if edit else latents, x)
-        if keep_error:
-            new = new + (target.to(new.dtype) - sae.decode(latents, x))
-        new = new.to(target.dtype)
-        if skip_first:
-            new = torch.cat([target[:, :1], new[:, 1:]], dim=1)
-        return new
 
-    if not cfg.is_transcoder:
-        return {cfg.hook_name: lambda x, ctx: reconstruct(x, x)}
+@contextmanager
+def attach_saes(model: HookedModel, saes: Sequence[SAE], *, keep_error: bool = False,
+                skip_first: bool = False) -> Iterator[HookedModel]:
+    """`HookedModel.saes`: splice ``saes`` into every forward inside the block and add their
+    ``<name>.sae.*`` names (see the module docstring)."""
+    runtime = model._runtime
+    with ExitStack() as stack:
+        for sae in saes:
+            base = model.hook_point(sae.cfg.hook_name)
+            if sae.cfg.d_in != _width(model, base):
+                raise SelectionError(f"the SAE reads d_in = {sae.cfg.d_in}, but {base.name!r} is "
+                                     f"{_width(model, base)} wide in this model")
+            names = DERIVED if keep_error else DERIVED[:3]
+            points = [HookPoint(f"{base.name}.{suffix}", base.layer, f"{base.suffix}.{suffix}", Site("derived"), "", "bpd")
+                      for suffix in names]
+            runtime.add_derived(points, after=base.name)
+            stack.callback(runtime.remove_derived, points)
+            stack.enter_context(model.hooks(_hooks(sae, keep_error=keep_error, edit=None, skip_first=skip_first,
+                                                   fire=runtime.fire)))
+        yield model
 
-    def read(x: torch.Tensor, ctx) -> None:
-        inputs["x"] = x
 
-    def write(target: torch.Tensor, ctx) -> torch.Tensor:
-        if "x" not in inputs:
-            raise SelectionError(f"{cfg.output_hook_name!r} fired before {cfg.hook_name!r}: "
-                                 "a transcoder must read an activation computed before the one it writes")
-        return reconstruct(inputs.pop("x"), target)
-
-    return {cfg.hook_name: read, cfg.output_hook_name: write}
+def _width(model: HookedModel, point: HookPoint) -> int:
+    if point.layout != "bpd":
+        raise SelectionError(f"SAEs read [batch, pos, d] activations; {point.name!r} has layout {point.layout!r}")
+    cfg = model.cfg
+    return {"mlp.pre": cfg.d_mlp, "mlp.post": cfg.d_mlp}.get(point.suffix, cfg.d_model)

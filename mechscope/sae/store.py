@@ -18,11 +18,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
 
 from ..errors import MechscopeError, SelectionError
 from ..models.hooked import HookedModel
+from .train import local_rows
 
 Chunk = dict[str, torch.Tensor]  # activation name -> [n_tokens, d]
 
@@ -35,21 +37,58 @@ class StoreSpec:
     hook_names: tuple[str, ...]
     context_size: int
     corpus: str
-    dtype: str = "float32"
+    dtype: str = "float32"  # of the stored activations
     skip_special: bool = True
+    skip_first: bool = True
+    model_dtype: str = "float32"  # the model ran in
 
 
 def harvest(model: HookedModel, names: Sequence[str], batches: Iterable[torch.Tensor], *,
-            skip_special: bool = True, dtype: torch.dtype = torch.float32) -> Iterator[Chunk]:
+            skip_special: bool = True, skip_first: bool = True,
+            dtype: torch.dtype = torch.float32) -> Iterator[Chunk]:
     """For each batch of token ids `[b, ctx]`, one forward recording every name in ``names``;
-    yields ``{name: [n_tokens, d]}`` on the CPU, without the tokens that are the tokenizer's
-    special tokens (BOS, padding...) when ``skip_special``."""
+    yields ``{name: [n_tokens, d]}`` on the CPU.
+
+    The forward stops after the deepest block it needs (when every name is inside a block).
+    skip_special: drop the tokenizer's special tokens (BOS, padding...). skip_first: drop
+    position 0 of every row, the attention sink whose residual norm dwarfs every other
+    position's (SmolLM2: ~23,700 against a median of ~171) whether or not it is a BOS token.
+    """
+    names = list(names)
+    points = [model.hook_point(name) for name in names]
     special = _special_ids(model) if skip_special else []
+    last_layer = max(p.layer for p in points) if all(p.layer is not None for p in points) else None
     for batch in batches:
-        _, cache = model.run_with_cache(batch, list(names))
-        keep = ~torch.isin(batch, torch.tensor(special, dtype=batch.dtype)).reshape(-1)
-        yield {name: cache[name].reshape(-1, cache[name].shape[-1])[keep.to(cache[name].device)].to("cpu", dtype)
+        acts: dict[str, torch.Tensor] = {}
+        hooks = [(name, _recorder(acts)) for name in names]
+        if last_layer is not None:
+            hooks.append((f"blocks.{last_layer}.resid_post", _stop_forward))
+        try:
+            with model.hooks(hooks), torch.no_grad():
+                model(batch)
+        except _ForwardStopped:
+            pass
+        keep = ~torch.isin(batch, torch.tensor(special, dtype=batch.dtype))
+        if skip_first:
+            keep[:, 0] = False
+        keep = keep.reshape(-1)
+        yield {name: acts[name].reshape(-1, acts[name].shape[-1])[keep.to(acts[name].device)].to("cpu", dtype)
                for name in names}
+
+
+class _ForwardStopped(Exception):
+    """Raised by a hook once every activation a harvest needs has been recorded."""
+
+
+def _recorder(store: dict[str, torch.Tensor]):
+    def record(x: torch.Tensor, ctx) -> None:
+        store[ctx.name] = x.detach()
+
+    return record
+
+
+def _stop_forward(x: torch.Tensor, ctx) -> None:
+    raise _ForwardStopped
 
 
 def _special_ids(model: HookedModel) -> list[int]:
@@ -128,6 +167,57 @@ def write_shards(path: str | os.PathLike, spec: StoreSpec, chunks: Iterable[Chun
     return n_tokens
 
 
+def harvest_to_disk(model: HookedModel, spec: StoreSpec, windows: torch.Tensor, path: str | os.PathLike, *,
+                    batch_size: int = 8, windows_per_shard: int = 2048, progress: bool = True) -> int:
+    """Harvest ``spec.hook_names`` from token windows `[n, spec.context_size]` into a shard cache
+    at ``path`` (the layout `read_shards` reads); returns the number of tokens.
+
+    Resumable: each shard covers a fixed run of ``windows_per_shard`` windows and is renamed
+    into the ``.partial`` folder only when complete, so a killed harvest restarted with the same
+    arguments skips the windows of the shards it finished. A finished cache with the same spec is
+    reused as it is; one with another spec is refused.
+    """
+    path = Path(path)
+    if windows.ndim != 2 or windows.shape[1] != spec.context_size:
+        raise SelectionError(f"windows must be [n, {spec.context_size}] (the spec's context size), "
+                             f"got {tuple(windows.shape)}")
+    if (path / "spec.json").is_file():
+        stored = _check_spec(path, spec)
+        return stored["n_tokens"]
+    tmp = path.with_name(path.name + ".partial")
+    tmp.mkdir(parents=True, exist_ok=True)
+    plan = json.loads(json.dumps({**asdict(spec), "n_windows": len(windows), "windows_per_shard": windows_per_shard}))
+    plan_file = tmp / "plan.json"
+    if plan_file.is_file() and json.loads(plan_file.read_text()) != plan:
+        shutil.rmtree(tmp)  # a different harvest was interrupted here: start over
+        tmp.mkdir(parents=True)
+    plan_file.write_text(json.dumps(plan))
+    shard_starts = range(0, len(windows), windows_per_shard)
+    dtype = getattr(torch, spec.dtype)
+    bar = tqdm(total=len(windows), disable=not progress, desc="harvest", unit="seq")
+    for index, start in enumerate(shard_starts):
+        shard = tmp / f"shard_{index:05d}.safetensors"
+        rows = windows[start : start + windows_per_shard]
+        if not shard.is_file():
+            chunks = list(harvest(model, spec.hook_names, rows.split(batch_size), skip_special=spec.skip_special,
+                                  skip_first=spec.skip_first, dtype=dtype))
+            part = shard.with_name(shard.name + ".tmp")
+            save_file({k: torch.cat([c[k] for c in chunks]).contiguous() for k in spec.hook_names}, str(part))
+            os.replace(part, shard)
+        bar.update(len(rows))
+    bar.close()
+    n_tokens = sum(_shard_rows(tmp / f"shard_{i:05d}.safetensors") for i in range(len(shard_starts)))
+    (tmp / "spec.json").write_text(json.dumps({**asdict(spec), "n_tokens": n_tokens, "n_shards": len(shard_starts)}))
+    plan_file.unlink()
+    os.replace(tmp, path)
+    return n_tokens
+
+
+def _shard_rows(shard: Path) -> int:
+    with safe_open(str(shard), "pt") as handle:
+        return handle.get_slice(next(iter(handle.keys()))).get_shape()[0]
+
+
 def _save_shard(folder: Path, index: int, chunk: Chunk) -> None:
     save_file({k: v.contiguous() for k, v in chunk.items()}, str(folder / f"shard_{index:05d}.safetensors"))
 
@@ -139,12 +229,7 @@ def read_shards(path: str | os.PathLike, expect: StoreSpec) -> Iterator[Chunk]:
     if not spec_file.is_file():
         raise MechscopeError(f"no activation cache at {str(path)!r} (spec.json missing; an interrupted "
                              "harvest leaves only a .partial folder)")
-    stored = json.loads(spec_file.read_text())
-    stored["hook_names"] = tuple(stored["hook_names"])
-    differing = {k: (stored.get(k), v) for k, v in asdict(expect).items() if stored.get(k) != v}
-    if differing:
-        detail = "; ".join(f"{k}: cached {a!r}, wanted {b!r}" for k, (a, b) in differing.items())
-        raise SelectionError(f"the activation cache at {str(path)!r} was harvested differently: {detail}")
+    stored = _check_spec(path, expect)
     for index in range(stored["n_shards"]):
         shard = path / f"shard_{index:05d}.safetensors"
         try:
@@ -153,12 +238,23 @@ def read_shards(path: str | os.PathLike, expect: StoreSpec) -> Iterator[Chunk]:
             raise MechscopeError(f"cannot read activation shard {str(shard)!r} (missing or corrupt): {e}") from e
 
 
+def _check_spec(path: Path, expect: StoreSpec) -> dict:
+    stored = json.loads((path / "spec.json").read_text())
+    stored["hook_names"] = tuple(stored["hook_names"])
+    differing = {k: (stored.get(k), v) for k, v in asdict(expect).items() if stored.get(k) != v}
+    if differing:
+        detail = "; ".join(f"{k}: cached {a!r}, wanted {b!r}" for k, (a, b) in differing.items())
+        raise SelectionError(f"the activation cache at {str(path)!r} was harvested differently: {detail}")
+    return stored
+
+
 def training_batches(path: str | os.PathLike, spec: StoreSpec, batch_size: int, *, input_name: str | None = None,
                      target_name: str | None = None, buffer_tokens: int = 262144, seed: int = 0,
                      epochs: int = 1):
     """A deterministic batch source for `train.train_sae` from a disk cache: each call re-reads
     the shards and re-shuffles them with ``seed``, yielding ``(x [b, d_in], target [b, d_out])``
-    (target = x for an SAE; another cached name for a transcoder) for ``epochs`` passes."""
+    (target = x for an SAE; another cached name for a transcoder) for ``epochs`` passes.
+    Under ``torch.distributed`` each rank gets its share of every global batch of ``batch_size``."""
     input_name = input_name or spec.hook_names[0]
     target_name = target_name or input_name
     for name in (input_name, target_name):
@@ -170,6 +266,6 @@ def training_batches(path: str | os.PathLike, spec: StoreSpec, batch_size: int, 
             buffer = ShuffleBuffer(buffer_tokens, seed=seed + epoch)
             for batch in buffer.mix(read_shards(path, spec), batch_size):
                 if _rows(batch) == batch_size:  # the short tail is dropped: every step sees a full batch
-                    yield batch[input_name], batch[target_name]
+                    yield local_rows(batch[input_name]), local_rows(batch[target_name])
 
     return batches
