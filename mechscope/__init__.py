@@ -43,10 +43,12 @@ from .models.runtime import HookContext
 from .models.selection import PerPrompt
 from .models.weights import LayerWeights, Weights
 from .sae.evaluate import SAEEvaluation, evaluate_sae
+from .sae.features import FeatureData, LatentReport, collect_features
 from .sae.formats import load_sae, save_saelens
 from .sae.modules import SAE, SAEConfig
 from .sae.splice import splice_hooks
-from .sae.train import TrainConfig, train_sae
+from .sae.store import StoreSpec, harvest, harvest_to_disk, training_batches
+from .sae.train import TrainConfig, init_sae, train_sae
 from .toys.induction import InductionToyConfig, cached_induction_model, train_induction_model
 
 __version__ = "0.1.0"
@@ -61,6 +63,7 @@ __all__ = [
     "DLAResult",
     "FactPrompt",
     "FactoredMatrix",
+    "FeatureData",
     "FusedQKV",
     "GreaterThanTask",
     "HeadScores",
@@ -69,6 +72,7 @@ __all__ = [
     "HookShapeError",
     "HookedModel",
     "InductionToyConfig",
+    "LatentReport",
     "LayerWeights",
     "LensResult",
     "MechscopeError",
@@ -83,6 +87,7 @@ __all__ = [
     "SAEEvaluation",
     "SelectionError",
     "Site",
+    "StoreSpec",
     "Target",
     "TrainConfig",
     "TunedLens",
@@ -99,6 +104,7 @@ __all__ = [
     "attribution_patching",
     "cached_induction_model",
     "causal_trace",
+    "collect_features",
     "composition_scores",
     "copying_scores",
     "detection_masks",
@@ -109,8 +115,11 @@ __all__ = [
     "get_adapter",
     "greater_than",
     "greater_than_prob_diff",
+    "harvest",
+    "harvest_to_disk",
     "head_scores",
     "induction_pairs",
+    "init_sae",
     "ioi",
     "kl_to",
     "lens_kl",
@@ -133,4 +142,5 @@ __all__ = [
     "train_induction_model",
     "train_sae",
     "train_tuned_lens",
+    "training_batches",
 ]

@@ -85,9 +85,19 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--out", default=None, help="write the metrics as JSON here")
 
 
+    dashboard = steps.add_parser("dashboard", help="latent statistics, an HTML dashboard and a Neuronpedia-style JSON")
+    data_options(dashboard)
+    dashboard.add_argument("--sae", required=True, help="a folder in any format load_sae reads")
+    dashboard.add_argument("--windows", type=int, default=2048, help="training windows to collect statistics on")
+    dashboard.add_argument("--latents", type=int, default=None, help="list only the first N latents that fire")
+    dashboard.add_argument("--batch-size", type=int, default=16)
+    dashboard.add_argument("--out", required=True, help="the HTML file")
+    dashboard.add_argument("--neuronpedia", default=None, help="also write the Neuronpedia-style JSON here")
+
+
 def run(args: argparse.Namespace) -> None:
     """Dispatch ``mechscope sae <step>``."""
-    {"harvest": _harvest, "train": _train, "eval": _eval}[args.sae_command](args)
+    {"harvest": _harvest, "train": _train, "eval": _eval, "dashboard": _dashboard}[args.sae_command](args)
 
 
 def _windows(args: argparse.Namespace, model) -> tuple[torch.Tensor, torch.Tensor]:
@@ -184,3 +194,19 @@ def _eval(args: argparse.Namespace) -> None:
         print(f"{name:16s} {value:.4f}" if isinstance(value, float) else f"{name:16s} {value}")
     if args.out:
         Path(args.out).write_text(json.dumps(metrics, indent=2))
+
+
+def _dashboard(args: argparse.Namespace) -> None:
+    from .features import collect_features
+    from .formats import load_sae
+
+    model = _load_model(args)
+    sae = load_sae(args.sae)
+    train_windows, _ = _windows(args, model)
+    features = collect_features(model, sae, train_windows[: args.windows], batch_size=args.batch_size)
+    alive = (features.fire_counts > 0).nonzero().squeeze(-1).tolist()
+    latents = alive[: args.latents] if args.latents else alive
+    print(f"{len(alive)} of {sae.cfg.d_sae} latents fire on {features.n_tokens:,} tokens")
+    print(f"wrote {features.dashboard(args.out, latents)}")
+    if args.neuronpedia:
+        print(f"wrote {features.to_neuronpedia(args.neuronpedia, latents)}")

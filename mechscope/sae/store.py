@@ -55,25 +55,27 @@ def harvest(model: HookedModel, names: Sequence[str], batches: Iterable[torch.Te
     position's (SmolLM2: ~23,700 against a median of ~171) whether or not it is a BOS token.
     """
     names = list(names)
-    points = [model.hook_point(name) for name in names]
-    special = _special_ids(model) if skip_special else []
-    last_layer = max(p.layer for p in points) if all(p.layer is not None for p in points) else None
     for batch in batches:
-        acts: dict[str, torch.Tensor] = {}
-        hooks = [(name, _recorder(acts)) for name in names]
-        if last_layer is not None:
-            hooks.append((f"blocks.{last_layer}.resid_post", _stop_forward))
-        try:
-            with model.hooks(hooks), torch.no_grad():
-                model(batch)
-        except _ForwardStopped:
-            pass
-        keep = ~torch.isin(batch, torch.tensor(special, dtype=batch.dtype))
-        if skip_first:
-            keep[:, 0] = False
-        keep = keep.reshape(-1)
+        acts = run_to(model, names, batch)
+        keep = token_mask(model, batch, skip_special=skip_special, skip_first=skip_first).reshape(-1)
         yield {name: acts[name].reshape(-1, acts[name].shape[-1])[keep.to(acts[name].device)].to("cpu", dtype)
                for name in names}
+
+
+def run_to(model: HookedModel, names: Sequence[str], tokens: torch.Tensor) -> dict[str, torch.Tensor]:
+    """``{name: activation}`` of one no-grad forward on token ids `[b, ctx]` that stops after
+    the deepest block it needs (runs to the end when a name is outside the blocks)."""
+    points = [model.hook_point(name) for name in names]
+    acts: dict[str, torch.Tensor] = {}
+    hooks = [(name, _recorder(acts)) for name in names]
+    if all(p.layer is not None for p in points):
+        hooks.append((f"blocks.{max(p.layer for p in points)}.resid_post", _stop_forward))
+    try:
+        with model.hooks(hooks), torch.no_grad():
+            model(tokens)
+    except _ForwardStopped:
+        pass
+    return acts
 
 
 class _ForwardStopped(Exception):
@@ -91,9 +93,16 @@ def _stop_forward(x: torch.Tensor, ctx) -> None:
     raise _ForwardStopped
 
 
-def _special_ids(model: HookedModel) -> list[int]:
+def token_mask(model: HookedModel, tokens: torch.Tensor, *, skip_special: bool = True,
+               skip_first: bool = True) -> torch.Tensor:
+    """`[b, ctx]` bool: True where a token's activations count (not one of the tokenizer's
+    special tokens with ``skip_special``, not position 0 with ``skip_first``)."""
     tokenizer = model.tokenizer
-    return sorted(set(getattr(tokenizer, "all_special_ids", []) or [])) if tokenizer is not None else []
+    special = sorted(set(getattr(tokenizer, "all_special_ids", []) or [])) if skip_special and tokenizer else []
+    keep = ~torch.isin(tokens.cpu(), torch.tensor(special, dtype=tokens.dtype))
+    if skip_first:
+        keep[:, 0] = False
+    return keep
 
 
 class ShuffleBuffer:
