@@ -24,16 +24,18 @@ bench: $(STAMP)
 	$(PY) bench/analysis.py
 	$(PY) bench/tuned_lens.py
 	$(PY) bench/patching.py
+	$(PY) bench/sae.py
 
 # Peer libraries for comparison rows, in their own environment (never a mechscope dependency).
 bench-peers: $(STAMP)
 	test -x .venv-peers/bin/python || python3 -m venv .venv-peers
 	.venv-peers/bin/python -m pip install -q torch==2.13.0
 	echo "torch==2.13.0" > .venv-peers/constraints.txt
-	.venv-peers/bin/python -m pip install -q -c .venv-peers/constraints.txt transformer_lens nnsight
+	.venv-peers/bin/python -m pip install -q -c .venv-peers/constraints.txt transformer_lens nnsight sae-lens
 	$(PY) bench/hooks.py --peers
 	$(PY) bench/analysis.py
 	$(PY) bench/patching.py --quick
+	$(PY) bench/sae.py --quick
 
 clean-venv:
 	rm -rf $(VENV)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import re
 from dataclasses import asdict
 from pathlib import Path
@@ -33,7 +34,7 @@ def parse_count(text: str) -> int:
     match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([kKmMbB]?)\s*", text)
     if not match:
         raise argparse.ArgumentTypeError(f"not a count: {text!r} (use e.g. 4096, 500k, 2M)")
-    return int(float(match.group(1)) * _SUFFIXES[match.group(2).lower()])
+    return round(float(match.group(1)) * _SUFFIXES[match.group(2).lower()])
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -72,8 +73,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     train.add_argument("--l1-coefficient", type=float, default=None)
     train.add_argument("--l0-coefficient", type=float, default=None)
     train.add_argument("--normalize", action="store_true", help="train at mean norm sqrt(d), folded into the weights")
-    train.add_argument("--dead-window", type=parse_count, default=None, help="tokens without firing = dead")
+    train.add_argument("--autocast", action="store_true", help="bf16 matmuls (fp32 weights and Adam state)")
+    train.add_argument("--dead-window", type=parse_count, default=None,
+                       help="tokens without firing that make a latent dead (default: 10M or a fifth of --tokens)")
     train.add_argument("--checkpoint-every", type=int, default=200)
+    train.add_argument("--outlier-ratio", type=float, default=10.0,
+                       help="drop tokens whose norm is over this many times the median (attention-sink outliers)")
     train.add_argument("--activations", default=None, help="cache folder (default OUT/activations)")
     train.add_argument("--out", required=True)
     train.add_argument("--resume", action="store_true")
@@ -123,13 +128,15 @@ def _spec(args: argparse.Namespace, hooks: list[str]):
                      dtype=args.dtype, model_dtype=args.dtype)
 
 
-def _fill_cache(args: argparse.Namespace, model, hooks: list[str], folder: Path, max_tokens: int | None) -> int:
+def _fill_cache(args: argparse.Namespace, model, hooks: list[str], folder: Path, max_tokens: int | None,
+                rank: int = 0, world: int = 1) -> int:
+    """Harvest this rank's share of the training windows (every ``world``-th one) into ``folder``."""
     from .store import harvest_to_disk
 
     train_windows, _ = _windows(args, model)
     if max_tokens is not None:
         train_windows = train_windows[: math.ceil(max_tokens / (args.context_size - 1))]
-    n_tokens = harvest_to_disk(model, _spec(args, hooks), train_windows, folder)
+    n_tokens = harvest_to_disk(model, _spec(args, hooks), train_windows[rank::world], folder, progress=rank == 0)
     print(f"activation cache {folder}: {n_tokens:,} tokens of {', '.join(hooks)}")
     return n_tokens
 
@@ -139,39 +146,71 @@ def _harvest(args: argparse.Namespace) -> None:
 
 
 def _train(args: argparse.Namespace) -> None:
+    """Single process, or data parallel under ``torchrun`` (each rank harvests every
+    world-th window into its own cache, ``<activations>/rank<r>``, and trains on
+    ``--batch-size / world`` of each global batch; rank 0 saves)."""
     from .formats import save_saelens
     from .store import training_batches
     from .train import TrainConfig, train_sae
 
     out = Path(args.out)
     folder = Path(args.activations) if args.activations else out / "activations"
+    if args.output_hook and args.arch in ("topk", "batchtopk"):
+        raise SelectionError(f"SAELens's layout (what `sae train` saves) has no {args.arch} transcoder: use --arch relu "
+                             "or jumprelu for a transcoder here (the Python API trains any)")
+    rank, world = _start_distributed()
+    if world > 1:
+        if args.batch_size % world:
+            raise SelectionError(f"--batch-size {args.batch_size} must divide evenly over {world} ranks")
+        folder = folder / f"rank{rank}"
     hooks = [args.hook] + ([args.output_hook] if args.output_hook else [])
     model = _load_model(args)
-    n_cached = _fill_cache(args, model, hooks, folder, args.tokens)
+    n_cached = _fill_cache(args, model, hooks, folder, args.tokens, rank, world)
     del model  # training reads the cache only
     spec = _spec(args, hooks)
     d_in = _width(folder, args.hook)
     d_out = _width(folder, args.output_hook) if args.output_hook else None
-    cfg = SAEConfig(d_in=d_in, d_sae=args.d_sae, architecture=args.arch, k=args.k, d_out=d_out,
+    cfg = SAEConfig(d_in=d_in, d_sae=args.d_sae, architecture=args.arch,
+                    k=args.k if args.arch in ("topk", "batchtopk") else None, d_out=d_out,
                     skip_connection=args.skip_connection, hook_name=args.hook, output_hook_name=args.output_hook,
                     model_name=args.model)
-    steps = args.tokens // args.batch_size
-    if steps < 1:
-        raise SelectionError(f"--tokens {args.tokens} is less than one batch of {args.batch_size}")
-    overrides = {"lr": args.lr, "l1_coefficient": args.l1_coefficient, "l0_coefficient": args.l0_coefficient,
-                 "dead_window_tokens": args.dead_window}
-    config = TrainConfig(steps=steps, normalize=args.normalize, checkpoint_every=args.checkpoint_every, seed=args.seed,
-                         **{k: v for k, v in overrides.items() if v is not None})
-    epochs = math.ceil(steps * args.batch_size / n_cached)
-    batches = training_batches(folder, spec, args.batch_size, input_name=args.hook, target_name=args.output_hook,
-                               seed=args.seed, epochs=epochs)
-    print(f"training {args.arch} SAE d_sae={args.d_sae} on {steps * args.batch_size:,} tokens "
-          f"({steps} steps of {args.batch_size}, {epochs} pass(es) over the cache)")
-    sae = train_sae(SAE(cfg), batches, config, out=out, resume=args.resume)
-    save_saelens(sae, out / "sae")
-    (out / "train_config.json").write_text(json.dumps({"train": asdict(config), "sae": cfg.to_dict(),
-                                                       "activations": str(folder), "tokens": steps * args.batch_size}))
-    print(f"saved {out / 'sae'} (SAELens layout)")
+    steps, local_batch = args.tokens // args.batch_size, args.batch_size // world
+    per_pass = n_cached // local_batch  # full batches in one pass over this rank's cache
+    if steps < 1 or per_pass < 1:
+        raise SelectionError(f"--tokens {args.tokens} and the cache's {n_cached} tokens must each hold at least "
+                             f"one batch of {local_batch}")
+    dead_window = args.dead_window or min(10_000_000, args.tokens // 5)
+    overrides = {"lr": args.lr, "l1_coefficient": args.l1_coefficient, "l0_coefficient": args.l0_coefficient}
+    config = TrainConfig(steps=steps, normalize=args.normalize, autocast=args.autocast,
+                         checkpoint_every=args.checkpoint_every, seed=args.seed,
+                         dead_window_tokens=dead_window, **{k: v for k, v in overrides.items() if v is not None})
+    epochs = math.ceil(steps / per_pass)
+    batches = training_batches(folder, spec, local_batch, input_name=args.hook, target_name=args.output_hook,
+                               seed=args.seed + rank, epochs=epochs, outlier_ratio=args.outlier_ratio,
+                               split_across_ranks=False)
+    if rank == 0:
+        print(f"training {args.arch} SAE d_sae={args.d_sae} on {steps * args.batch_size:,} tokens "
+              f"({steps} steps of {args.batch_size}, {epochs} pass(es) over the cache, {world} process(es))")
+    sae = train_sae(SAE(cfg).to(args.device or "cpu"), batches, config, out=out, resume=args.resume)
+    if rank == 0:
+        save_saelens(sae, out / "sae")
+        (out / "train_config.json").write_text(json.dumps({
+            "train": asdict(config), "sae": cfg.to_dict(), "activations": str(folder), "world_size": world,
+            "tokens": steps * args.batch_size}))
+        print(f"saved {out / 'sae'} (SAELens layout)")
+    if world > 1:
+        torch.distributed.destroy_process_group()
+
+
+def _start_distributed() -> tuple[int, int]:
+    """``(rank, world)``: joins the process group when launched by ``torchrun`` with several ranks."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return 0, 1
+    from torch import distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return dist.get_rank(), dist.get_world_size()
 
 
 def _width(folder: Path, name: str) -> int:
@@ -186,7 +225,7 @@ def _eval(args: argparse.Namespace) -> None:
     from .formats import load_sae
 
     model = _load_model(args)
-    sae = load_sae(args.sae)
+    sae = load_sae(args.sae).to(model.device)
     _, held_out = _windows(args, model)
     result = evaluate_sae(model, sae, held_out, batch_size=args.batch_size)
     metrics = result.to_dict()
@@ -201,7 +240,7 @@ def _dashboard(args: argparse.Namespace) -> None:
     from .formats import load_sae
 
     model = _load_model(args)
-    sae = load_sae(args.sae)
+    sae = load_sae(args.sae).to(model.device)
     train_windows, _ = _windows(args, model)
     features = collect_features(model, sae, train_windows[: args.windows], batch_size=args.batch_size)
     alive = (features.fire_counts > 0).nonzero().squeeze(-1).tolist()

@@ -1,7 +1,8 @@
 """Evaluating an SAE or transcoder on a model: reconstruction, sparsity, and what splicing it in
 costs the model's predictions.
 
-Formulas (over the evaluated tokens; position 0 excluded with ``skip_first``):
+Formulas (over the evaluated tokens: position 0 excluded with ``skip_first``, and the
+attention-sink outliers with ``outlier_ratio``, see `store.massive_tokens`):
 - ``l0``: mean number of non-zero latents per token.
 - ``fve`` (fraction of variance explained, mean-centred):
   ``1 - sum ||y - y_hat||^2 / sum ||y - mean(y)||^2``, ``y`` the target activation (the input
@@ -23,6 +24,7 @@ import torch
 from ..models.hooked import HookedModel
 from .modules import SAE
 from .splice import splice_hooks
+from .store import massive_tokens
 
 
 @dataclass
@@ -57,34 +59,41 @@ class SAEEvaluation:
 
 
 def evaluate_sae(model: HookedModel, sae: SAE, tokens: torch.Tensor, *, batch_size: int = 8,
-                 skip_first: bool = True, dense_threshold: float = 0.1) -> SAEEvaluation:
-    """Evaluate ``sae`` on token ids ``tokens`` `[n, pos]` (in batches of ``batch_size``)."""
+                 skip_first: bool = True, outlier_ratio: float | None = 10.0,
+                 dense_threshold: float = 0.1) -> SAEEvaluation:
+    """Evaluate ``sae`` on token ids ``tokens`` `[n, pos]` (in batches of ``batch_size``).
+
+    Left out of the metrics, and neither spliced nor zero-ablated: position 0 (``skip_first``)
+    and the tokens whose input norm is over ``outlier_ratio`` times the batch's median
+    (`store.massive_tokens`, the attention-sink outliers SAEs are not trained on)."""
     cfg = sae.cfg
     target_name = cfg.output_hook_name if cfg.is_transcoder else cfg.hook_name
-    start = 1 if skip_first else 0
     sums = dict.fromkeys(("sq_err", "cos", "l0", "ce_clean", "ce_sae", "ce_zero", "kl_sae", "kl_zero"), 0.0)
     fired = torch.zeros(cfg.d_sae)
     y_sum, y_sq_sum = torch.zeros(cfg.d_output, dtype=torch.float64), 0.0
     n_tokens = n_predictions = 0
-    splice = splice_hooks(sae, skip_first=skip_first)
-    zero = {target_name: lambda y, ctx: torch.cat([y[:, :start], torch.zeros_like(y[:, start:])], dim=1)}
+    splice = splice_hooks(sae, skip_first=skip_first, outlier_ratio=outlier_ratio)
     with torch.no_grad():
         for batch in tokens.split(batch_size):
             clean_logits, cache = model.run_with_cache(batch, list(dict.fromkeys([cfg.hook_name, target_name])))
-            x = cache[cfg.hook_name][:, start:].to(sae.W_enc.dtype)
-            y = cache[target_name][:, start:].double()
+            left = massive_tokens(cache[cfg.hook_name], outlier_ratio)
+            if skip_first:
+                left[:, 0] = True
+            kept = ~left
+            x = cache[cfg.hook_name][kept].to(sae.W_enc.dtype)
+            y = cache[target_name][kept].double()
             latents = sae.encode(x)
             y_hat = sae.decode(latents, x).double()
             sums["sq_err"] += float(((y - y_hat) ** 2).sum())
             sums["cos"] += float(torch.nn.functional.cosine_similarity(y, y_hat, dim=-1).sum())
             sums["l0"] += float((latents != 0).sum())
-            fired += (latents != 0).reshape(-1, cfg.d_sae).sum(0).float().cpu()
-            y_sum += y.reshape(-1, cfg.d_output).sum(0).cpu()
+            fired += (latents != 0).sum(0).float().cpu()
+            y_sum += y.sum(0).cpu()
             y_sq_sum += float((y**2).sum())
-            n_tokens += y.shape[0] * y.shape[1]
+            n_tokens += y.shape[0]
             with model.hooks(splice):
                 sae_logits = model(batch)
-            with model.hooks(zero):
+            with model.hooks({target_name: lambda y, ctx, left=left: y * left[..., None].to(y.dtype)}):  # zero where evaluated
                 zero_logits = model(batch)
             for name, logits in (("clean", clean_logits), ("sae", sae_logits), ("zero", zero_logits)):
                 sums[f"ce_{name}"] += float(_next_token_loss(logits, batch).sum())

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from ..errors import SelectionError
 from ..models.hooked import HookedModel
 from .modules import SAE
-from .store import run_to, token_mask
+from .store import massive_tokens, run_to, token_mask
 
 HISTOGRAM_EDGES = torch.logspace(-3, 3, 61)  # non-zero activations from 1e-3 to 1e3, 10 bins a decade
 
@@ -73,6 +73,7 @@ class FeatureData:
     histogram: torch.Tensor  # [d_sae, len(HISTOGRAM_EDGES) - 1]
     n_tokens: int  # tokens counted (position 0 and special tokens excluded)
     skip_first: bool = True
+    outlier_ratio: float | None = 10.0
     labels: dict[int, str] = field(default_factory=dict)
 
     @property
@@ -88,15 +89,19 @@ class FeatureData:
         columns = torch.as_tensor(list(latents), dtype=torch.long)
         out = []
         for chunk in ids.split(batch_size):
-            out.append(self._latents(self.windows[chunk])[..., columns])
+            out.append(self._latents(self.windows[chunk])[0][..., columns])
         return torch.cat(out) if out else torch.zeros(0, self.windows.shape[1], len(columns))
 
-    def _latents(self, tokens: torch.Tensor) -> torch.Tensor:
+    def _latents(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Latents `[b, ctx, d_sae]` of token ids `[b, ctx]`, zero where a token does not count,
+        and which tokens count `[b, ctx]` (not special, not position 0 with skip_first, not a
+        `store.massive_tokens` outlier)."""
         name = self.sae.cfg.hook_name
         acts = run_to(self.model, [name], tokens)[name]
+        counted = token_mask(self.model, tokens, skip_first=self.skip_first) & ~massive_tokens(acts, self.outlier_ratio).cpu()
         with torch.no_grad():
-            latents = self.sae.encode(acts.to(self.sae.W_enc.dtype)).float().cpu()
-        return latents * token_mask(self.model, tokens, skip_first=self.skip_first)[..., None]
+            latents = self.sae.encode(acts.to(self.sae.W_enc.device, self.sae.W_enc.dtype)).float().cpu()
+        return latents * counted[..., None], counted
 
     def logit_effects(self, latents: Sequence[int], k: int = 10) -> list[tuple[list, list]]:
         """Per latent, the ``k`` tokens whose logits its decoder direction raises most and
@@ -104,10 +109,10 @@ class FeatureData:
         (at 1: rankings do not depend on it). Returns ``[(promoted, suppressed)]`` of (token, value)."""
         with torch.no_grad():
             w_u = self.model.weights(fold_norm=True).W_U.float()  # [d_model, d_vocab], final norm weight folded in
-            rows = self.sae.W_dec[torch.as_tensor(list(latents), dtype=torch.long)].float()
+            rows = self.sae.W_dec[torch.as_tensor(list(latents), dtype=torch.long)].to(w_u.device, torch.float32)
             if self.model.cfg.normalization == "LayerNorm":
                 rows = rows - rows.mean(-1, keepdim=True)
-            effects = rows @ w_u
+            effects = (rows @ w_u).cpu()
         top, bottom = effects.topk(k, dim=-1), effects.topk(k, dim=-1, largest=False)
         decode = self.model.tokenizer.convert_ids_to_tokens if self.model.tokenizer is not None else str
         return [([(_show(decode(int(i))), float(v)) for i, v in zip(t_i, t_v)],
@@ -120,18 +125,24 @@ class FeatureData:
         return self.latents([j], n_top=n_top, n_quantiles=n_quantiles, per_quantile=per_quantile, seed=seed)[0]
 
     def latents(self, js: Sequence[int], *, n_top: int = 10, n_quantiles: int = 5, per_quantile: int = 3,
-                seed: int = 0) -> list[LatentReport]:
-        """Reports of latents ``js``; the windows they show are recomputed in one batched pass."""
+                seed: int = 0, chunk: int = 128) -> list[LatentReport]:
+        """Reports of latents ``js``; the windows they show are recomputed in one batched pass
+        per ``chunk`` latents."""
+        js = list(js)
         d_sae = self.window_max.shape[1]
         for j in js:
             if not 0 <= j < d_sae:
                 raise SelectionError(f"latent {j} is out of range: the SAE has {d_sae} latents")
+        if len(js) > chunk:  # the per-token values of one chunk of latents at a time
+            return [r for start in range(0, len(js), chunk)
+                    for r in self.latents(js[start : start + chunk], n_top=n_top, n_quantiles=n_quantiles,
+                                          per_quantile=per_quantile, seed=seed + start, chunk=chunk)]
         generator = torch.Generator().manual_seed(seed)
         picks = {j: self._pick(j, n_top, n_quantiles, per_quantile, generator) for j in js}
         needed = sorted({w for top, groups in picks.values() for w in top + [w for g in groups for w in g[2]]})
         values = self.token_activations(needed, list(js)) if needed else None
         row_of = {w: i for i, w in enumerate(needed)}
-        effects = self.logit_effects(js)
+        effects = self.logit_effects(js) if self.sae.cfg.d_output == self.model.cfg.d_model else [([], [])] * len(js)
         reports = []
         for column, j in enumerate(js):
             top, groups = picks[j]
@@ -219,25 +230,29 @@ class FeatureData:
 
 
 def collect_features(model: HookedModel, sae: SAE, windows: torch.Tensor, *, batch_size: int = 16,
-                     skip_first: bool = True, progress: bool = True) -> FeatureData:
+                     skip_first: bool = True, outlier_ratio: float | None = 10.0,
+                     progress: bool = True) -> FeatureData:
     """One pass over token ``windows`` `[n, ctx]`: per-window maxima, firing counts and
-    activation histograms of every latent of ``sae`` (which reads ``sae.cfg.hook_name``)."""
+    activation histograms of every latent of ``sae`` (which reads ``sae.cfg.hook_name``).
+    Special tokens, position 0 (``skip_first``) and `store.massive_tokens` outliers
+    (``outlier_ratio``) do not count."""
     if windows.ndim != 2:
         raise SelectionError(f"windows must be token ids [n, ctx], got shape {tuple(windows.shape)}")
     d_sae = sae.cfg.d_sae
     maxes, argmaxes = [], []
     counts = torch.zeros(d_sae, dtype=torch.long)
     histogram = torch.zeros(d_sae, len(HISTOGRAM_EDGES) - 1, dtype=torch.long)
-    data = FeatureData(model, sae, windows, torch.empty(0), torch.empty(0), counts, histogram, 0, skip_first)
+    data = FeatureData(model, sae, windows, torch.empty(0), torch.empty(0), counts, histogram, 0, skip_first,
+                       outlier_ratio)
     n_tokens = 0
     for batch in tqdm(windows.split(batch_size), disable=not progress, desc="latent statistics"):
-        latents = data._latents(batch)  # [b, ctx, d_sae], zero where not counted
+        latents, counted = data._latents(batch)  # [b, ctx, d_sae], zero where not counted
         best = latents.max(dim=1)
         maxes.append(best.values)
         argmaxes.append(best.indices.to(torch.int16 if batch.shape[1] < 2**15 else torch.int32))
         nonzero = latents != 0
         counts += nonzero.sum((0, 1))
-        n_tokens += int(token_mask(model, batch, skip_first=skip_first).sum())
+        n_tokens += int(counted.sum())
         token, latent = nonzero.reshape(-1, d_sae).nonzero(as_tuple=True)
         values = latents.reshape(-1, d_sae)[token, latent]
         bins = torch.bucketize(values, HISTOGRAM_EDGES[1:-1])

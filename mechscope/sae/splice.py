@@ -28,6 +28,7 @@ from ..errors import SelectionError
 from ..models.adapters.base import Site
 from ..models.hook_points import HookPoint
 from .modules import SAE
+from .store import massive_tokens
 
 if TYPE_CHECKING:
     from ..models.hooked import HookedModel
@@ -41,7 +42,8 @@ def _unchanged(name: str, x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def _hooks(sae: SAE, *, keep_error: bool, edit: LatentEdit | None, skip_first: bool, fire: Fire) -> dict:
+def _hooks(sae: SAE, *, keep_error: bool, edit: LatentEdit | None, skip_first: bool, fire: Fire,
+           outlier_ratio: float | None = None) -> dict:
     cfg = sae.cfg
     if not cfg.hook_name:
         raise SelectionError("the SAE's cfg.hook_name is empty: set it to the activation it reads")
@@ -60,9 +62,10 @@ def _hooks(sae: SAE, *, keep_error: bool, edit: LatentEdit | None, skip_first: b
         if keep_error:
             new = new + fire(f"{base}.sae.error", target.to(new.dtype) - sae.decode(clean, x))
         new = new.to(target.dtype)
+        left = massive_tokens(x_in, outlier_ratio)
         if skip_first:
-            new = torch.cat([target[:, :1], new[:, 1:]], dim=1)
-        return new
+            left[:, 0] = True
+        return torch.where(left[..., None], target, new) if bool(left.any()) else new
 
     if not cfg.is_transcoder:
         return {base: lambda x, ctx: reconstruct(x, x)}
@@ -80,14 +83,16 @@ def _hooks(sae: SAE, *, keep_error: bool, edit: LatentEdit | None, skip_first: b
 
 
 def splice_hooks(sae: SAE, *, keep_error: bool = False, edit: LatentEdit | None = None,
-                 skip_first: bool = False) -> dict:
+                 skip_first: bool = False, outlier_ratio: float | None = None) -> dict:
     """Hooks (for ``model.hooks``) that replace the SAE's activation by its reconstruction.
 
     edit: ``fn(latents [batch, pos, d_sae]) -> latents`` applied before decoding (clamp, scale,
-      zero latents). skip_first: leave position 0 (the BOS token, whose norm dwarfs the others)
-      as it is.
+      zero latents). skip_first: leave position 0 (the attention sink, whose norm dwarfs the
+      others) as it is. outlier_ratio: also leave the tokens whose input norm is over this many
+      times the batch's median (`store.massive_tokens`) as they are.
     """
-    return _hooks(sae, keep_error=keep_error, edit=edit, skip_first=skip_first, fire=_unchanged)
+    return _hooks(sae, keep_error=keep_error, edit=edit, skip_first=skip_first, fire=_unchanged,
+                  outlier_ratio=outlier_ratio)
 
 
 @contextmanager
@@ -99,9 +104,9 @@ def attach_saes(model: HookedModel, saes: Sequence[SAE], *, keep_error: bool = F
     with ExitStack() as stack:
         for sae in saes:
             base = model.hook_point(sae.cfg.hook_name)
-            if sae.cfg.d_in != _width(model, base):
-                raise SelectionError(f"the SAE reads d_in = {sae.cfg.d_in}, but {base.name!r} is "
-                                     f"{_width(model, base)} wide in this model")
+            _check_width(model, base, sae.cfg.d_in, "reads d_in")
+            if sae.cfg.is_transcoder:
+                _check_width(model, model.hook_point(sae.cfg.output_hook_name), sae.cfg.d_output, "writes d_out")
             names = DERIVED if keep_error else DERIVED[:3]
             points = [HookPoint(f"{base.name}.{suffix}", base.layer, f"{base.suffix}.{suffix}", Site("derived"), "", "bpd")
                       for suffix in names]
@@ -112,8 +117,10 @@ def attach_saes(model: HookedModel, saes: Sequence[SAE], *, keep_error: bool = F
         yield model
 
 
-def _width(model: HookedModel, point: HookPoint) -> int:
+def _check_width(model: HookedModel, point: HookPoint, width: int, what: str) -> None:
     if point.layout != "bpd":
-        raise SelectionError(f"SAEs read [batch, pos, d] activations; {point.name!r} has layout {point.layout!r}")
+        raise SelectionError(f"SAEs read and write [batch, pos, d] activations; {point.name!r} has layout {point.layout!r}")
     cfg = model.cfg
-    return {"mlp.pre": cfg.d_mlp, "mlp.post": cfg.d_mlp}.get(point.suffix, cfg.d_model)
+    actual = {"mlp.pre": cfg.d_mlp, "mlp.post": cfg.d_mlp, "logits": cfg.d_vocab}.get(point.suffix, cfg.d_model)
+    if width != actual:
+        raise SelectionError(f"the SAE {what} = {width}, but {point.name!r} is {actual} wide in this model")

@@ -10,6 +10,7 @@ on disk in sharded safetensors so several SAEs can train from one harvest.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -78,6 +79,18 @@ def run_to(model: HookedModel, names: Sequence[str], tokens: torch.Tensor) -> di
     return acts
 
 
+def massive_tokens(acts: torch.Tensor, ratio: float | None) -> torch.Tensor:
+    """`[...]` bool: tokens of ``acts`` `[..., d]` whose norm exceeds ``ratio`` times the median
+    norm of all of them (all False when ``ratio`` is None). These are attention-sink outliers:
+    on SmolLM2's blocks.15.resid_post about 0.03% of tokens past position 0 (mostly position 1
+    of windows that start mid-document) reach norms of ~24,000 against a median of ~174 and
+    carry ~90% of the variance, so they are left out of SAE training, metrics and splicing."""
+    if ratio is None:
+        return torch.zeros(acts.shape[:-1], dtype=torch.bool, device=acts.device)
+    norms = acts.float().norm(dim=-1)
+    return norms > ratio * norms.median()
+
+
 class _ForwardStopped(Exception):
     """Raised by a hook once every activation a harvest needs has been recorded."""
 
@@ -141,12 +154,6 @@ def _rows(chunk: Chunk) -> int:
     return next(iter(chunk.values())).shape[0]
 
 
-def mean_norm_scale(acts: torch.Tensor) -> float:
-    """The factor that brings ``acts`` `[n, d]` to mean norm sqrt(d) (SAELens's
-    ``expected_average_only_in``); fold ``1 / scale`` into the trained SAE's weights at save."""
-    return float(acts.shape[-1] ** 0.5 / acts.float().norm(dim=-1).mean())
-
-
 def write_shards(path: str | os.PathLike, spec: StoreSpec, chunks: Iterable[Chunk], *,
                  shard_tokens: int = 262144) -> int:
     """Write ``chunks`` as safetensors shards of ``shard_tokens`` tokens plus ``spec.json``;
@@ -183,19 +190,24 @@ def harvest_to_disk(model: HookedModel, spec: StoreSpec, windows: torch.Tensor, 
 
     Resumable: each shard covers a fixed run of ``windows_per_shard`` windows and is renamed
     into the ``.partial`` folder only when complete, so a killed harvest restarted with the same
-    arguments skips the windows of the shards it finished. A finished cache with the same spec is
-    reused as it is; one with another spec is refused.
+    arguments skips the windows of the shards it finished. A finished cache with the same spec
+    and the same windows (a SHA-1 of the token ids is recorded) is reused as it is; otherwise
+    it is refused.
     """
     path = Path(path)
     if windows.ndim != 2 or windows.shape[1] != spec.context_size:
         raise SelectionError(f"windows must be [n, {spec.context_size}] (the spec's context size), "
                              f"got {tuple(windows.shape)}")
+    fingerprint = hashlib.sha1(windows.contiguous().numpy().tobytes()).hexdigest()
     if (path / "spec.json").is_file():
         stored = _check_spec(path, spec)
+        if stored.get("windows_sha1") != fingerprint:
+            raise SelectionError(f"the activation cache at {str(path)!r} was harvested from other token windows "
+                                 "(another corpus order, seed, held-out split or length): use another folder")
         return stored["n_tokens"]
     tmp = path.with_name(path.name + ".partial")
     tmp.mkdir(parents=True, exist_ok=True)
-    plan = json.loads(json.dumps({**asdict(spec), "n_windows": len(windows), "windows_per_shard": windows_per_shard}))
+    plan = json.loads(json.dumps({**asdict(spec), "windows_sha1": fingerprint, "windows_per_shard": windows_per_shard}))
     plan_file = tmp / "plan.json"
     if plan_file.is_file() and json.loads(plan_file.read_text()) != plan:
         shutil.rmtree(tmp)  # a different harvest was interrupted here: start over
@@ -216,7 +228,8 @@ def harvest_to_disk(model: HookedModel, spec: StoreSpec, windows: torch.Tensor, 
         bar.update(len(rows))
     bar.close()
     n_tokens = sum(_shard_rows(tmp / f"shard_{i:05d}.safetensors") for i in range(len(shard_starts)))
-    (tmp / "spec.json").write_text(json.dumps({**asdict(spec), "n_tokens": n_tokens, "n_shards": len(shard_starts)}))
+    (tmp / "spec.json").write_text(json.dumps({**asdict(spec), "n_tokens": n_tokens, "n_shards": len(shard_starts),
+                                               "windows_sha1": fingerprint}))
     plan_file.unlink()
     os.replace(tmp, path)
     return n_tokens
@@ -259,22 +272,31 @@ def _check_spec(path: Path, expect: StoreSpec) -> dict:
 
 def training_batches(path: str | os.PathLike, spec: StoreSpec, batch_size: int, *, input_name: str | None = None,
                      target_name: str | None = None, buffer_tokens: int = 262144, seed: int = 0,
-                     epochs: int = 1):
+                     epochs: int = 1, outlier_ratio: float | None = 10.0, split_across_ranks: bool = True):
     """A deterministic batch source for `train.train_sae` from a disk cache: each call re-reads
     the shards and re-shuffles them with ``seed``, yielding ``(x [b, d_in], target [b, d_out])``
     (target = x for an SAE; another cached name for a transcoder) for ``epochs`` passes.
-    Under ``torch.distributed`` each rank gets its share of every global batch of ``batch_size``."""
+    Tokens whose input norm is over ``outlier_ratio`` times the shard's median (`massive_tokens`)
+    are dropped. Under ``torch.distributed`` with ``split_across_ranks`` (one cache shared by all
+    ranks) each rank gets its share of every global batch of ``batch_size``; without it (each
+    rank reads its own cache) every rank gets whole batches of ``batch_size``."""
     input_name = input_name or spec.hook_names[0]
     target_name = target_name or input_name
     for name in (input_name, target_name):
         if name not in spec.hook_names:
             raise SelectionError(f"{name!r} is not in the cache (it holds {list(spec.hook_names)})")
 
+    def without_outliers(chunks: Iterable[Chunk]) -> Iterator[Chunk]:
+        for chunk in chunks:
+            keep = ~massive_tokens(chunk[input_name], outlier_ratio)
+            yield {k: v[keep] for k, v in chunk.items()}
+
     def batches() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for epoch in range(epochs):
             buffer = ShuffleBuffer(buffer_tokens, seed=seed + epoch)
-            for batch in buffer.mix(read_shards(path, spec), batch_size):
+            for batch in buffer.mix(without_outliers(read_shards(path, spec)), batch_size):
                 if _rows(batch) == batch_size:  # the short tail is dropped: every step sees a full batch
-                    yield local_rows(batch[input_name]), local_rows(batch[target_name])
+                    x, target = batch[input_name], batch[target_name]
+                    yield (local_rows(x), local_rows(target)) if split_across_ranks else (x, target)
 
     return batches

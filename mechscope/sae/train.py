@@ -2,7 +2,8 @@
 ReLU with the decoder-norm-weighted L1 penalty (Anthropic, April 2024) and JumpReLU with an
 L0 penalty and straight-through threshold gradients (Rajamanoharan et al. 2024).
 
-Adam keeps fp32 state whatever the activations' dtype; the learning rate warms up linearly
+Adam keeps fp32 weights and state whatever the activations' dtype (``autocast=True`` runs the
+matmuls in bf16, ~1.5-1.9x faster on CPUs with bf16 units); the learning rate warms up linearly
 and decays linearly to zero over the last ``decay_fraction`` of the steps; the sparsity
 coefficient (L1 or L0) warms up; ``b_dec`` starts at the geometric median (or mean) of the
 first batch; TopK, BatchTopK and JumpReLU decoders keep unit-norm rows (their gradient's
@@ -11,7 +12,7 @@ that have not fired for ``dead_window_tokens`` tokens count as dead (and feed th
 
 ``normalize=True`` trains on activations scaled to mean norm sqrt(d) (the factor measured on
 the first batch) and folds the factor into the weights at the end, so the returned SAE reads
-and writes the model's own activations.
+and writes the model's own activations (its decoder rows then have norm ``1 / scale``).
 
 Data parallel: under ``torchrun`` (``torch.distributed`` initialised) each rank trains on its
 own batches, gradients are averaged across ranks before every step, fired latents and
@@ -26,7 +27,6 @@ ends with exactly the weights of an uninterrupted run.
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
@@ -60,6 +60,7 @@ class TrainConfig:
     dead_window_tokens: int = 10_000_000
     b_dec_init: str = "geometric_median"  # or "mean", "zeros"
     normalize: bool = False  # train at mean norm sqrt(d), fold the scale into the weights at the end
+    autocast: bool = False  # bf16 matmuls in the forward and backward passes (weights and Adam state stay fp32)
     checkpoint_every: int = 500
     seed: int = 0
 
@@ -96,31 +97,35 @@ def train_sae(sae: SAE, batches: BatchSource, config: TrainConfig, *, out: str |
     params = [p for p in sae.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=config.lr, betas=(0.9, 0.999))
     state = {"step": 0, "tokens": 0, "scale_in": 1.0, "scale_out": 1.0}
-    last_fired = torch.zeros(sae.cfg.d_sae, dtype=torch.long)
+    device = sae.W_dec.device
+    last_fired = torch.zeros(sae.cfg.d_sae, dtype=torch.long, device=device)
     if resume and checkpoint.is_file():
         tensors, meta = load_checkpoint(checkpoint, optimizer)
         with torch.no_grad():
             for name, param in sae.named_parameters():
                 param.copy_(tensors[name])
-        last_fired = tensors["last_fired"]
+        last_fired = tensors["last_fired"].to(device)
         state = meta["state"]
     world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
     writes = world == 1 or dist.get_rank() == 0
+    if world > 1 and resume:
+        _check_same_step(state["step"])
     source = batches()
     for _ in range(state["step"]):  # the batches the checkpointed run already used
-        next(source)
+        _next_batch(source, state["step"], config.steps)
     bar = tqdm(total=config.steps, initial=state["step"], disable=not (progress and writes), desc=f"{arch} SAE")
     for step in range(state["step"], config.steps):
-        x, target = next(source)
-        x, target = x.float(), target.float()
+        x, target = _next_batch(source, step, config.steps)
+        x, target = x.to(device, torch.float32), target.to(device, torch.float32)
         if step == 0:
             _start(sae, x, target, config, state, world)
         x, target = x * state["scale_in"], target * state["scale_out"]
         for group in optimizer.param_groups:
             group["lr"] = config.lr * _lr_factor(step, config)
         dead = state["tokens"] - last_fired >= config.dead_window_tokens
-        recon, fired, sparsity, l0 = _step_forward(sae, x, target, dead, step, config)
-        error = target - recon
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.autocast):
+            recon, fired, sparsity, l0 = _step_forward(sae, x, target, dead, step, config)
+        error = target - recon.float()
         loss = error.pow(2).sum(-1).mean() + sparsity
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -209,7 +214,7 @@ def _step_forward(sae: SAE, x, target, dead, step: int, config: TrainConfig):
     if arch == "topk":
         top = torch.relu(pre).topk(sae.cfg.k, dim=-1)
         recon = sae.decode_sparse(top.indices, top.values, x)
-        fired = torch.zeros(sae.cfg.d_sae).index_fill_(0, top.indices[top.values > 0], 1.0)
+        fired = torch.zeros(sae.cfg.d_sae, device=pre.device).index_fill_(0, top.indices[top.values > 0], 1.0)
         l0 = float((top.values > 0).sum(-1).float().mean())
         return recon, fired, _aux_loss(sae, pre, target - recon, dead, config), l0
     if arch == "batchtopk":
@@ -238,7 +243,7 @@ def _aux_loss(sae: SAE, pre, error, dead, config: TrainConfig) -> torch.Tensor:
         return pre.new_zeros(())
     dead_pre = torch.relu(pre).masked_fill(~dead, 0.0)
     top = dead_pre.topk(min(config.aux_k, int(dead.sum())), dim=-1)
-    aux = sae.decode_sparse(top.indices, top.values) - sae.b_dec
+    aux = torch.nn.functional.embedding_bag(top.indices, sae.W_dec, per_sample_weights=top.values, mode="sum")
     residual = error.detach()
     return config.aux_coefficient * (residual - aux).pow(2).sum(-1).mean() / residual.pow(2).sum(-1).mean()
 
@@ -282,6 +287,23 @@ class _Step(torch.autograd.Function):
         return None, grad_threshold.reshape(-1, threshold.shape[-1]).sum(0), None
 
 
+def _next_batch(source: Iterator, step: int, steps: int):
+    try:
+        return next(source)
+    except StopIteration:
+        raise SelectionError(f"the batch source ran out after {step} of {steps} steps: give it more data "
+                             "(or more epochs) or train fewer steps") from None
+
+
+def _check_same_step(step: int) -> None:
+    """Under data parallel every rank must resume from the same checkpoint (a shared folder)."""
+    steps = torch.tensor([step, -step], dtype=torch.long)
+    dist.all_reduce(steps, op=dist.ReduceOp.MAX)
+    if int(steps[0]) != step or int(-steps[1]) != step:
+        raise SelectionError(f"ranks resumed from different steps ({int(-steps[1])} to {int(steps[0])}): "
+                             "data-parallel resume needs the out folder on a filesystem every rank reads")
+
+
 def _average_gradients(params: list[torch.nn.Parameter], world: int) -> None:
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
     flat = torch.cat([g.reshape(-1) for g in grads])
@@ -315,13 +337,14 @@ def _remove_parallel_grad(w_dec: torch.nn.Parameter) -> None:
 
 def _update_threshold(sae: SAE, latents: torch.Tensor, momentum: float, step: int) -> None:
     """BatchTopK's inference threshold: running mean of the smallest kept activation per batch
-    (the minimum over all ranks under data parallel)."""
+    (averaged over ranks under data parallel; a rank that kept nothing counts as missing)."""
     kept = latents[latents > 0]
-    value = kept.min() if kept.numel() else latents.new_tensor(math.inf)
+    found = torch.stack([kept.min() if kept.numel() else latents.new_zeros(()), latents.new_tensor(float(kept.numel() > 0))])
     if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(value, op=dist.ReduceOp.MIN)
-    if not math.isfinite(float(value)):
+        dist.all_reduce(found)
+    if float(found[1]) == 0:
         return
+    value = found[0] / found[1]
     current = value if step == 0 else momentum * sae.threshold[0] + (1 - momentum) * value
     sae.threshold.fill_(float(current))
 

@@ -70,3 +70,31 @@ def test_counts_parse():
     assert parse_count("2M") == 2_000_000 and parse_count("500k") == 500_000 and parse_count("4096") == 4096
     with pytest.raises(Exception, match="not a count"):
         parse_count("lots")
+
+
+def test_torchrun_two_ranks_harvest_their_own_windows_and_train(saved_model, tmp_path):
+    folder, corpus = saved_model
+    data = ["--model", str(folder), "--dtype", "float32", "--corpus", str(corpus), "--context-size", "32",
+            "--eval-windows", "8"]
+    train = ["sae", "train", *data, "--hook", "blocks.0.resid_post", "--arch", "relu", "--d-sae", "64",
+             "--tokens", "8k", "--batch-size", "512", "--checkpoint-every", "5"]
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr",
+                          "127.0.0.1", "--master-port", str(_free_port()), "-m", "mechscope.cli", *train,
+                          "--out", str(tmp_path / "ddp")], capture_output=True, text=True, timeout=600, check=False)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "2 process(es)" in run.stdout and "15 steps of 512" in run.stdout
+    shares = [json.loads((tmp_path / "ddp" / "activations" / f"rank{r}" / "spec.json").read_text()) for r in (0, 1)]
+    _cli(*train[1:], "--out", str(tmp_path / "single"))  # one process, the same windows
+    whole = json.loads((tmp_path / "single" / "activations" / "spec.json").read_text())
+    assert shares[0]["n_tokens"] + shares[1]["n_tokens"] == whole["n_tokens"]  # the ranks split the windows
+    assert shares[0]["windows_sha1"] != shares[1]["windows_sha1"]
+    config = json.loads((tmp_path / "ddp" / "train_config.json").read_text())
+    assert config["world_size"] == 2 and ms.load_sae(tmp_path / "ddp" / "sae").cfg.d_sae == 64
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

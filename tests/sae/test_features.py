@@ -38,7 +38,7 @@ def setup():
 
 
 def test_statistics_equal_the_brute_force(setup):
-    model, sae, windows, features, latents = setup
+    _model, _sae, _windows, features, latents = setup
     torch.testing.assert_close(features.window_max, latents.max(1).values)
     assert torch.equal(features.fire_counts, (latents != 0).sum((0, 1)))
     assert features.n_tokens == 11 * 7
@@ -52,7 +52,7 @@ def test_statistics_equal_the_brute_force(setup):
 
 
 def test_reports_rank_contexts_and_cover_the_quantiles(setup):
-    model, sae, windows, features, latents = setup
+    model, _sae, windows, features, latents = setup
     j = int(features.fire_counts.argmax())
     report = features.latent(j, n_top=4, n_quantiles=3, per_quantile=2)
     order = latents[..., j].max(1).values.argsort(descending=True)
@@ -70,7 +70,7 @@ def test_reports_rank_contexts_and_cover_the_quantiles(setup):
 
 
 def test_logit_effects_are_the_unembedded_decoder_direction(setup):
-    model, sae, windows, features, latents = setup
+    model, sae, _windows, features, _latents = setup
     features_k = features.logit_effects([0, 7], k=5)
     for (promoted, suppressed), j in zip(features_k, [0, 7]):
         row = sae.W_dec[j].detach()
@@ -85,7 +85,7 @@ def test_logit_effects_are_the_unembedded_decoder_direction(setup):
 
 
 def test_exports(setup, tmp_path):
-    model, sae, windows, features, latents = setup
+    _model, _sae, _windows, features, _latents = setup
     features.labels[1] = "a test label </script>"
     path = features.to_neuronpedia(tmp_path / "np.json", [1, 2], model_id="tiny-llama")
     exported = json.loads(path.read_text())
@@ -101,12 +101,12 @@ def test_exports(setup, tmp_path):
 
     page = features.dashboard(tmp_path / "dash.html").read_text()
     assert "http://" not in page and "https://" not in page  # self-contained
-    payload = re.search(r'<script type="application/json" id="latents">(.*?)</script>', page, re.S).group(1)
+    payload = re.search(r'<script type="application/json" id="latents">(.*?)</script>', page, re.DOTALL).group(1)
     reports = json.loads(payload.replace("<\\/", "</"))
     assert [r["latent"] for r in reports] == (features.fire_counts > 0).nonzero().squeeze(-1).tolist()
     assert reports[[r["latent"] for r in reports].index(1)]["label"] == "a test label </script>"
     if shutil.which("node"):
-        script = re.search(r"<script>(.*?)</script>", page, re.S).group(1)
+        script = re.search(r"<script>(.*?)</script>", page, re.DOTALL).group(1)
         (tmp_path / "dash.js").write_text(script)
         check = subprocess.run(["node", "--check", str(tmp_path / "dash.js")], capture_output=True, text=True, check=False)
         assert check.returncode == 0, check.stderr

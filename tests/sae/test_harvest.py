@@ -3,7 +3,10 @@ tokens are dropped, and a killed harvest resumes at the shard it had not finishe
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
+import operator
 
 import pytest
 import torch
@@ -36,7 +39,7 @@ def test_harvest_equals_the_cache_without_position_0_and_stops_early(tiny_llama)
     for name in NAMES:
         got = torch.cat([c[name] for c in chunks])
         torch.testing.assert_close(got, cache[name][:, 1:].reshape(-1, cache[name].shape[-1]))
-    kept = list(harvest(model, NAMES, [windows], skip_first=False))[0]
+    kept = next(iter(harvest(model, NAMES, [windows], skip_first=False)))
     assert kept[NAMES[0]].shape[0] == windows.numel()
 
 
@@ -55,8 +58,10 @@ def test_harvest_to_disk_resumes_after_an_interruption(tiny_llama, tmp_path):
     (partial / "spec.json").unlink()
     (partial / "shard_00001.safetensors").unlink()
     (partial / "shard_00002.safetensors").unlink()
-    plan = {**json.loads(json.dumps(spec.__dict__)), "n_windows": 10, "windows_per_shard": 4}
-    (partial / "plan.json").write_text(json.dumps({**plan, "hook_names": list(NAMES)}))
+    assert (partial / "plan.json").exists() is False  # a finished harvest removed its plan: write it back
+    fingerprint = hashlib.sha1(windows.numpy().tobytes()).hexdigest()
+    plan = {**json.loads(json.dumps(spec.__dict__)), "windows_sha1": fingerprint, "windows_per_shard": 4}
+    (partial / "plan.json").write_text(json.dumps(plan))
     rows = []
     with model.hooks({"blocks.0.resid_pre": lambda x, ctx: rows.append(x.shape[0])}):
         harvest_to_disk(model, spec, windows, tmp_path / "again", batch_size=3, windows_per_shard=4, progress=False)
@@ -69,6 +74,8 @@ def test_harvest_to_disk_resumes_after_an_interruption(tiny_llama, tmp_path):
     other = StoreSpec("tiny-llama", NAMES, context_size=9, corpus="another")
     with pytest.raises(ms.SelectionError, match="corpus: cached 'random', wanted 'another'"):
         harvest_to_disk(model, other, windows, tmp_path / "again", progress=False)
+    with pytest.raises(ms.SelectionError, match="other token windows"):
+        harvest_to_disk(model, spec, windows.flip(0), tmp_path / "again", progress=False)
     with pytest.raises(ms.SelectionError, match="context size"):
         harvest_to_disk(model, spec, torch.zeros(3, 5, dtype=torch.long), tmp_path / "x", progress=False)
 
@@ -80,7 +87,7 @@ def test_corpus_windows(smol, tmp_path):
     texts = corpus_texts(str(text))
     assert len(texts) == 40 and texts[3] == "Note number 3 says hello."
     windows = packed_windows(smol_tokenizer, texts, 16)
-    stream = sum((smol_tokenizer(t, add_special_tokens=False)["input_ids"] + [smol_tokenizer.eos_token_id]
+    stream = functools.reduce(operator.iadd, (smol_tokenizer(t, add_special_tokens=False)["input_ids"] + [smol_tokenizer.eos_token_id]
                   for t in texts), [])
     assert windows.shape == (len(stream) // 16, 16) and windows.reshape(-1).tolist() == stream[: windows.numel()]
     mixed = mixed_windows(smol_tokenizer, [str(text), str(text)], 16, seed=1)

@@ -7,10 +7,11 @@ import pytest
 import torch
 
 import mechscope as ms
+from mechscope.sae.splice import splice_hooks
 from mechscope.sae.store import (
     ShuffleBuffer,
     StoreSpec,
-    mean_norm_scale,
+    massive_tokens,
     read_shards,
     training_batches,
     write_shards,
@@ -50,12 +51,6 @@ def test_shards_round_trip_and_refuse_another_harvest(tmp_path):
         write_shards(tmp_path / "bad", spec, [{"x": torch.zeros(2, 4)}])
 
 
-def test_mean_norm_scale():
-    acts = torch.randn(1000, 64, generator=torch.Generator().manual_seed(0)) * 7
-    scaled = acts * mean_norm_scale(acts)
-    assert scaled.norm(dim=-1).mean() == pytest.approx(8.0, rel=1e-5)
-
-
 def test_training_batches_are_deterministic_full_batches(tmp_path):
     spec = StoreSpec("tiny", ("x", "y"), context_size=16, corpus="unit")
     gen = torch.Generator().manual_seed(1)
@@ -67,3 +62,27 @@ def test_training_batches_are_deterministic_full_batches(tmp_path):
     assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(first, second))
     with pytest.raises(ms.SelectionError, match="not in the cache"):
         training_batches(tmp_path, spec, 32, input_name="z")
+
+
+def test_massive_tokens_are_flagged_and_left_out_of_training_batches(tmp_path):
+    gen = torch.Generator().manual_seed(4)
+    acts = torch.randn(500, 8, generator=gen)
+    acts[[7, 300]] *= 1000  # two attention-sink-like outliers
+    assert massive_tokens(acts, 10.0).nonzero().squeeze(-1).tolist() == [7, 300]
+    assert not massive_tokens(acts, None).any()
+    spec = StoreSpec("tiny", ("x",), context_size=16, corpus="unit")
+    write_shards(tmp_path, spec, [{"x": acts}], shard_tokens=1000)
+    rows = torch.cat([x for x, _ in training_batches(tmp_path, spec, 62)()])
+    assert rows.shape[0] == 496 and rows.norm(dim=-1).max() < 100  # 498 kept, the 2-row tail dropped
+    kept_all = torch.cat([x for x, _ in training_batches(tmp_path, spec, 50, outlier_ratio=None)()])
+    assert kept_all.norm(dim=-1).max() > 100
+
+
+def test_splicing_leaves_massive_tokens_alone():
+    sae = ms.SAE(ms.SAEConfig(d_in=8, d_sae=16, architecture="relu", hook_name="blocks.0.resid_post"))
+    x = torch.randn(2, 6, 8, generator=torch.Generator().manual_seed(5))
+    x[1, 3] *= 1000
+    hook = splice_hooks(sae, outlier_ratio=10.0)["blocks.0.resid_post"]
+    out = hook(x, None)
+    assert torch.equal(out[1, 3], x[1, 3])
+    torch.testing.assert_close(out[0], sae(x[0]).detach())  # all-zero SAE: the reconstruction is b_dec = 0
