@@ -7,7 +7,7 @@ latents, batch 4,096, same steps and constant lr for every row).
   `train_sae` vs a plain PyTorch TopK loop with a dense decode (the naive way) and vs SAELens's
   `SAETrainer` with the same autocast setting (where `.venv-peers` has sae-lens, `make
   bench-peers`): tokens/s and FVE on held-out activations.
-- End to end (harvest + train) tokens/s.
+- End to end (harvest + train, one pass) tokens/s of each mechscope row.
 
     python bench/sae.py            # 160k harvested tokens, 60 training steps per row
     python bench/sae.py --quick    # 40k tokens, 15 steps
@@ -145,8 +145,12 @@ def main() -> None:
         for arch, autocast, who, seconds, score in rows:
             ours = next(s for a, c, w, s, _ in rows if a == arch and c == autocast and w.startswith("mechscope"))
             print(f"{arch:6s} {who:40s} {tokens / seconds:8,.0f} {score:6.3f}  {seconds / ours:5.2f}x")
-        train_rate = tokens / next(s for a, c, w, s, _ in rows if a == "topk" and not c and w.startswith("mechscope"))
-        print(f"\nend to end TopK (harvest + train, one pass): {1 / (1 / rate + 1 / train_rate):,.0f} tok/s")
+        for arch in ("topk", "relu"):
+            for autocast in (False, True):
+                seconds = next(s for a, c, w, s, _ in rows if a == arch and c == autocast and w.startswith("mechscope"))
+                train_rate = tokens / seconds
+                print(f"end to end {arch}{' (bf16 autocast)' if autocast else ''} (harvest + train, one pass): "
+                      f"{1 / (1 / rate + 1 / train_rate):,.0f} tok/s")
         if not PEERS.exists():
             print("(.venv-peers not found: run `make bench-peers` for the SAELens rows)")
 

@@ -161,9 +161,10 @@ def packed_windows(tokenizer, texts: list[str], seq_len: int) -> torch.Tensor:
 
 
 def hf_texts(dataset: str, *, split: str = "train", column: str = "text", config: str | None = None,
-             max_texts: int | None = None) -> list[str]:
+             max_chars: int | None = None) -> list[str]:
     """Texts streamed from a Hugging Face dataset (needs the ``datasets`` package and the hub,
-    or a local dataset folder/file the ``datasets`` loaders read)."""
+    or a local dataset folder the ``datasets`` loaders read), stopping once ``max_chars``
+    characters are read."""
     try:
         import datasets
     except ImportError as e:
@@ -172,12 +173,13 @@ def hf_texts(dataset: str, *, split: str = "train", column: str = "text", config
         stream = datasets.load_dataset(dataset, config, split=split, streaming=True)
     except Exception as e:  # the hub, the network and the loaders raise many kinds
         raise CorpusUnavailableError(f"cannot stream the dataset {dataset!r} (split {split!r}): {e}") from e
-    texts = []
+    texts, n_chars = [], 0
     for row in stream:
         if column not in row:
             raise CorpusUnavailableError(f"dataset {dataset!r} has no column {column!r} (columns: {sorted(row)})")
         texts.append(row[column])
-        if max_texts is not None and len(texts) >= max_texts:
+        n_chars += len(row[column])
+        if max_chars is not None and n_chars >= max_chars:
             break
     return texts
 
@@ -185,16 +187,17 @@ def hf_texts(dataset: str, *, split: str = "train", column: str = "text", config
 BUILT_IN = {"wikipedia": wikipedia, "python_stdlib": python_stdlib}
 
 
-def corpus_texts(name: str) -> list[str]:
+def corpus_texts(name: str, *, max_chars: int | None = None) -> list[str]:
     """The texts of a corpus named ``"wikipedia"``, ``"python_stdlib"``, ``"hf:<dataset>"``
-    (optionally ``"hf:<dataset>:<split>:<column>"``) or a path to a ``.txt``/``.jsonl`` file
-    (one JSON string or ``{"text": ...}`` per line)."""
+    (optionally ``"hf:<dataset>:<split>:<column>"``; streamed, stopping after ``max_chars``
+    characters) or a path to a ``.txt``/``.jsonl`` file (one JSON string or ``{"text": ...}``
+    per line)."""
     if name in BUILT_IN:
         return BUILT_IN[name]()
     if name.startswith("hf:"):
         dataset, *rest = name[3:].split(":")
         options = dict(zip(("split", "column"), rest))
-        return hf_texts(dataset, **options)
+        return hf_texts(dataset, **options, max_chars=max_chars)
     path = Path(name)
     if path.is_file():
         if path.suffix == ".jsonl":
@@ -204,8 +207,10 @@ def corpus_texts(name: str) -> list[str]:
     raise CorpusUnavailableError(f"unknown corpus {name!r}: use {', '.join(BUILT_IN)}, 'hf:<dataset>' or a file path")
 
 
-def mixed_windows(tokenizer, names: list[str], seq_len: int, *, seed: int = 0) -> torch.Tensor:
+def mixed_windows(tokenizer, names: list[str], seq_len: int, *, seed: int = 0,
+                  max_chars: int | None = None) -> torch.Tensor:
     """`packed_windows` of every named corpus, shuffled together (seeded) so that any stretch of
-    windows mixes the corpora: LongTensor `[n, seq_len]`."""
-    windows = torch.cat([packed_windows(tokenizer, corpus_texts(name), seq_len) for name in names])
+    windows mixes the corpora: LongTensor `[n, seq_len]`. ``max_chars`` bounds what is read from
+    each streamed (``hf:``) corpus."""
+    windows = torch.cat([packed_windows(tokenizer, corpus_texts(name, max_chars=max_chars), seq_len) for name in names])
     return windows[torch.randperm(len(windows), generator=torch.Generator().manual_seed(seed))]

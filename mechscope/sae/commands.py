@@ -108,7 +108,10 @@ def run(args: argparse.Namespace) -> None:
 def _windows(args: argparse.Namespace, model) -> tuple[torch.Tensor, torch.Tensor]:
     from ..data.corpora import mixed_windows
 
-    windows = mixed_windows(model.tokenizer, args.corpus.split("+"), args.context_size, seed=args.seed)
+    tokens = getattr(args, "tokens", None)  # a streamed corpus is read up to ~8 characters a token
+    max_chars = 8 * (tokens + args.eval_windows * args.context_size) if tokens else None
+    windows = mixed_windows(model.tokenizer, args.corpus.split("+"), args.context_size, seed=args.seed,
+                            max_chars=max_chars)
     if len(windows) <= args.eval_windows:
         raise SelectionError(f"the corpus gives {len(windows)} windows of {args.context_size} tokens, "
                              f"not more than the {args.eval_windows} held out for evaluation")
