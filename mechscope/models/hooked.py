@@ -195,15 +195,17 @@ class HookedModel(nn.Module):
             self._runtime.remove(entries)
 
     @contextmanager
-    def saes(self, *saes, keep_error: bool = False, skip_first: bool = False) -> Iterator[HookedModel]:
+    def saes(self, *saes, keep_error: bool = False, skip_first: bool = False,
+             outlier_ratio: float | None = None) -> Iterator[HookedModel]:
         """Splice SAEs / transcoders (`mechscope.SAE`) into every forward inside the ``with``
         block. Each adds the names ``<name>.sae.input``, ``.sae.latents`` `[b, p, d_sae]`,
         ``.sae.recon`` (and ``.sae.error`` with ``keep_error=True``: the forward is then unchanged
         until a hook edits the latents), usable by ``run_with_cache`` and ``hooks``.
-        skip_first leaves position 0 unreplaced."""
+        skip_first leaves position 0 unreplaced; outlier_ratio also the tokens whose norm is over
+        that many times the batch's median (attention sinks the SAE was not trained on)."""
         from ..sae.splice import attach_saes
 
-        with attach_saes(self, saes, keep_error=keep_error, skip_first=skip_first):
+        with attach_saes(self, saes, keep_error=keep_error, skip_first=skip_first, outlier_ratio=outlier_ratio):
             yield self
 
     def run_with_hooks(self, tokens: TokensLike, forward: HookSpec | None = None, *,

@@ -97,7 +97,7 @@ def splice_hooks(sae: SAE, *, keep_error: bool = False, edit: LatentEdit | None 
 
 @contextmanager
 def attach_saes(model: HookedModel, saes: Sequence[SAE], *, keep_error: bool = False,
-                skip_first: bool = False) -> Iterator[HookedModel]:
+                skip_first: bool = False, outlier_ratio: float | None = None) -> Iterator[HookedModel]:
     """`HookedModel.saes`: splice ``saes`` into every forward inside the block and add their
     ``<name>.sae.*`` names (see the module docstring)."""
     runtime = model._runtime
@@ -113,7 +113,7 @@ def attach_saes(model: HookedModel, saes: Sequence[SAE], *, keep_error: bool = F
             runtime.add_derived(points, after=base.name)
             stack.callback(runtime.remove_derived, points)
             stack.enter_context(model.hooks(_hooks(sae, keep_error=keep_error, edit=None, skip_first=skip_first,
-                                                   fire=runtime.fire)))
+                                                   fire=runtime.fire, outlier_ratio=outlier_ratio)))
         yield model
 
 

@@ -115,3 +115,18 @@ def test_attaching_mistakes_are_refused():
     assert not any(".sae." in n for n in model.names)
     with pytest.raises(ms.UnknownActivationError):
         model.run_with_cache(built.tokens, f"{HOOK}.sae.latents")
+
+
+def test_attached_sae_can_leave_position_0_and_outliers_alone():
+    built = build_tiny("llama")
+    model, tokens = built.model, built.tokens
+    sae = _sae(model.cfg.d_model)
+    boost = {HOOK: lambda x, ctx: x.index_fill(1, torch.tensor([5]), 0.0) + 1000.0 * (torch.arange(x.shape[1]) == 5)[:, None]}
+    with model.hooks(boost):  # position 5 becomes a massive outlier before the SAE reads it
+        _, plain = model.run_with_cache(tokens, HOOK)
+        with model.saes(sae, skip_first=True, outlier_ratio=10.0):
+            _, cache = model.run_with_cache(tokens, HOOK)
+    with torch.no_grad():
+        recon = sae(plain[HOOK])
+    assert torch.equal(cache[HOOK][:, [0, 5]], plain[HOOK][:, [0, 5]])  # left as they were
+    torch.testing.assert_close(cache[HOOK][:, 1:5], recon[:, 1:5], rtol=1e-5, atol=1e-5)
