@@ -8,7 +8,8 @@ SAE from the command line, each step resumable and reusing the previous one's fi
 A run folder holds ``activations/`` (the shard cache, shared by every SAE trained from it),
 ``checkpoint.safetensors`` (resume with ``--resume``), ``sae/`` (SAELens layout) and
 ``eval.json``. The corpus is cut into windows of ``--context-size`` tokens, shuffled with
-``--seed``; the last ``--eval-windows`` windows are held out of training for ``eval``.
+``--seed``; the last ``--eval-windows`` windows are held out of training for ``eval``. Every
+step must be given the same data options (the activation cache refuses other windows).
 """
 
 from __future__ import annotations
@@ -48,6 +49,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                             help="the model's dtype while harvesting (activations are stored in it)")
         parser.add_argument("--corpus", default="wikipedia+python_stdlib",
                             help="'+'-joined corpora: wikipedia, python_stdlib, hf:<dataset>[:<split>:<column>], a file")
+        parser.add_argument("--max-chars", type=parse_count, default=None,
+                            help="read at most this many characters of each streamed (hf:) corpus; give every "
+                                 "step the same value, so that they cut the same windows")
         parser.add_argument("--context-size", type=int, default=128)
         parser.add_argument("--eval-windows", type=int, default=256, help="windows held out of training")
         parser.add_argument("--seed", type=int, default=0)
@@ -108,10 +112,8 @@ def run(args: argparse.Namespace) -> None:
 def _windows(args: argparse.Namespace, model) -> tuple[torch.Tensor, torch.Tensor]:
     from ..data.corpora import mixed_windows
 
-    tokens = getattr(args, "tokens", None)  # a streamed corpus is read up to ~8 characters a token
-    max_chars = 8 * (tokens + args.eval_windows * args.context_size) if tokens else None
     windows = mixed_windows(model.tokenizer, args.corpus.split("+"), args.context_size, seed=args.seed,
-                            max_chars=max_chars)
+                            max_chars=args.max_chars)
     if len(windows) <= args.eval_windows:
         raise SelectionError(f"the corpus gives {len(windows)} windows of {args.context_size} tokens, "
                              f"not more than the {args.eval_windows} held out for evaluation")
