@@ -98,7 +98,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     data_options(dashboard)
     dashboard.add_argument("--sae", required=True, help="a folder in any format load_sae reads")
     dashboard.add_argument("--windows", type=int, default=2048, help="training windows to collect statistics on")
-    dashboard.add_argument("--latents", type=int, default=None, help="list only the first N latents that fire")
+    dashboard.add_argument("--latents", type=int, default=1000,
+                           help="list the first N latents that fire (0: all; ~12 kB each)")
     dashboard.add_argument("--batch-size", type=int, default=16)
     dashboard.add_argument("--out", required=True, help="the HTML file")
     dashboard.add_argument("--neuronpedia", default=None, help="also write the Neuronpedia-style JSON here")

@@ -33,13 +33,15 @@ HISTOGRAM_EDGES = torch.logspace(-3, 3, 61)  # non-zero activations from 1e-3 to
 
 @dataclass
 class Example:
-    """One context: its tokens (as strings), the latent's activation on each, and where it peaks."""
+    """One context: its tokens (as strings), the latent's activation on each, and where it peaks
+    (``peak`` indexes ``tokens``; ``start`` is where they begin in the window)."""
 
     window: int
     tokens: list[str]
     values: list[float]
     peak: int
     max_value: float
+    start: int = 0
 
 
 @dataclass
@@ -119,15 +121,15 @@ class FeatureData:
                  [(_show(decode(int(i))), float(v)) for i, v in zip(b_i, b_v)])
                 for t_i, t_v, b_i, b_v in zip(top.indices, top.values, bottom.indices, bottom.values)]
 
-    def latent(self, j: int, *, n_top: int = 10, n_quantiles: int = 5, per_quantile: int = 3,
-               seed: int = 0) -> LatentReport:
-        """The report of latent ``j``."""
-        return self.latents([j], n_top=n_top, n_quantiles=n_quantiles, per_quantile=per_quantile, seed=seed)[0]
+    def latent(self, j: int, **options) -> LatentReport:
+        """The report of latent ``j`` (options as for `latents`)."""
+        return self.latents([j], **options)[0]
 
     def latents(self, js: Sequence[int], *, n_top: int = 10, n_quantiles: int = 5, per_quantile: int = 3,
-                seed: int = 0, chunk: int = 128) -> list[LatentReport]:
-        """Reports of latents ``js``; the windows they show are recomputed in one batched pass
-        per ``chunk`` latents."""
+                context: tuple[int, int] = (24, 8), seed: int = 0, chunk: int = 128) -> list[LatentReport]:
+        """Reports of latents ``js``: ``n_top`` top contexts and ``per_quantile`` examples from
+        each of ``n_quantiles`` groups, each cut to ``context`` tokens before and after its peak.
+        The windows they show are recomputed in one batched pass per ``chunk`` latents."""
         js = list(js)
         d_sae = self.window_max.shape[1]
         for j in js:
@@ -136,7 +138,7 @@ class FeatureData:
         if len(js) > chunk:  # the per-token values of one chunk of latents at a time
             return [r for start in range(0, len(js), chunk)
                     for r in self.latents(js[start : start + chunk], n_top=n_top, n_quantiles=n_quantiles,
-                                          per_quantile=per_quantile, seed=seed + start, chunk=chunk)]
+                                          per_quantile=per_quantile, context=context, seed=seed + start, chunk=chunk)]
         generator = torch.Generator().manual_seed(seed)
         picks = {j: self._pick(j, n_top, n_quantiles, per_quantile, generator) for j in js}
         needed = sorted({w for top, groups in picks.values() for w in top + [w for g in groups for w in g[2]]})
@@ -149,8 +151,10 @@ class FeatureData:
 
             def example(w: int, column: int = column) -> Example:
                 acts = values[row_of[w], :, column]
-                return Example(w, self._tokens(w), [round(float(a), 4) for a in acts], int(acts.argmax()),
-                               round(float(acts.max()), 4))
+                peak = int(acts.argmax())
+                lo, hi = max(0, peak - context[0]), peak + context[1] + 1
+                return Example(w, self._tokens(w)[lo:hi], [round(float(a), 4) for a in acts[lo:hi]], peak - lo,
+                               round(float(acts.max()), 4), lo)
 
             reports.append(LatentReport(
                 latent=j, density=float(self.density[j]), max_activation=float(self.window_max[:, j].max()),

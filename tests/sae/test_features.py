@@ -65,6 +65,9 @@ def test_reports_rank_contexts_and_cover_the_quantiles(setup):
     assert lows == sorted(lows) and report.quantiles[-1]["high"] == pytest.approx(report.max_activation)
     for group in report.quantiles:
         assert all(group["low"] - 1e-4 <= e.max_value <= group["high"] + 1e-4 for e in group["examples"])
+    cut = features.latent(j, n_top=4, context=(2, 1)).top[0]  # 2 tokens before the peak, 1 after
+    assert cut.tokens == best.tokens[cut.start : cut.start + len(cut.tokens)] and len(cut.tokens) <= 4
+    assert cut.start + cut.peak == best.peak and cut.values[cut.peak] == best.max_value
     with pytest.raises(ms.SelectionError, match="out of range"):
         features.latent(32)
 
