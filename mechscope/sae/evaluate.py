@@ -24,7 +24,7 @@ import torch
 from ..models.hooked import HookedModel
 from .modules import SAE
 from .splice import splice_hooks
-from .store import massive_tokens
+from .store import massive_tokens, token_mask
 
 
 @dataclass
@@ -63,9 +63,10 @@ def evaluate_sae(model: HookedModel, sae: SAE, tokens: torch.Tensor, *, batch_si
                  dense_threshold: float = 0.1) -> SAEEvaluation:
     """Evaluate ``sae`` on token ids ``tokens`` `[n, pos]` (in batches of ``batch_size``).
 
-    Left out of the metrics, and neither spliced nor zero-ablated: position 0 (``skip_first``)
-    and the tokens whose input norm is over ``outlier_ratio`` times the batch's median
-    (`store.massive_tokens`, the attention-sink outliers SAEs are not trained on)."""
+    Left out of the metrics: the tokenizer's special tokens, position 0 (``skip_first``) and
+    the tokens whose input norm is over ``outlier_ratio`` times the batch's median
+    (`store.massive_tokens`, the attention-sink outliers): what SAE training leaves out too. Position 0 and the outliers are neither spliced
+    nor zero-ablated; special tokens are (in both runs) but not counted in FVE, L0, density."""
     cfg = sae.cfg
     target_name = cfg.output_hook_name if cfg.is_transcoder else cfg.hook_name
     sums = dict.fromkeys(("sq_err", "cos", "l0", "ce_clean", "ce_sae", "ce_zero", "kl_sae", "kl_zero"), 0.0)
@@ -76,10 +77,10 @@ def evaluate_sae(model: HookedModel, sae: SAE, tokens: torch.Tensor, *, batch_si
     with torch.no_grad():
         for batch in tokens.split(batch_size):
             clean_logits, cache = model.run_with_cache(batch, list(dict.fromkeys([cfg.hook_name, target_name])))
-            left = massive_tokens(cache[cfg.hook_name], outlier_ratio)
+            left = massive_tokens(cache[cfg.hook_name], outlier_ratio)  # not spliced, not zero-ablated
             if skip_first:
                 left[:, 0] = True
-            kept = ~left
+            kept = ~left & token_mask(model, batch, skip_first=False).to(left.device)  # counted in the metrics
             x = cache[cfg.hook_name][kept].to(sae.W_enc.dtype)
             y = cache[target_name][kept].double()
             latents = sae.encode(x)
