@@ -3,6 +3,7 @@ evaluate it spliced into the model, attach it and read its latents."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 import mechscope as ms
@@ -32,6 +33,14 @@ def test_train_evaluate_attach_on_smollm2(smol, tmp_path):
     # 20k tokens and 150 steps (measured: FVE 0.56, CE recovered 0.93); an untrained SAE scores <= 0 on both
     assert result.l0 <= 16 and result.fve > 0.45 and result.ce_recovered > 0.8, result.to_dict()
     assert result.ce_zero > result.ce_sae > result.ce_clean
+
+    features = ms.collect_features(smol, sae, held_out, batch_size=8, progress=False)
+    assert features.n_tokens == result.n_tokens  # the same tokens count: no position 0, EOS or outliers
+    torch.testing.assert_close(features.density.float(), result.density.float(), atol=1e-6, rtol=0)
+    report = features.latent(int(features.fire_counts.argmax()), n_top=3)
+    assert report.top[0].max_value == pytest.approx(float(features.window_max.max(0).values[report.latent]), abs=1e-4)
+    assert len(report.promoted) == 10 and all(isinstance(t, str) for t, _ in report.promoted)
+    assert "<!DOCTYPE html>" in features.dashboard(tmp_path / "dash.html", [report.latent]).read_text()
 
     with smol.saes(sae, keep_error=True):
         logits, cache = smol.run_with_cache(held_out[:2], f"{HOOK}.sae.latents")
