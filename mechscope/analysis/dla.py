@@ -16,7 +16,6 @@ import pandas as pd
 import torch
 
 from ..models.hooked import HookedModel, TokensLike
-from ..models.norms import FrozenNorm
 from ..models.selection import PerPrompt
 from ..viz.heatmap import heatmap_html
 
@@ -109,8 +108,7 @@ def direct_logit_attribution(model: HookedModel, tokens: TokensLike, direction: 
     _, cache = model.run_with_cache(input_ids, names, positions=position, attention_mask=mask)
     w_dir, b_dir = logit_direction(model, direction)
     w_dir = w_dir.float()
-    layout = model.adapter.weights
-    frozen = FrozenNorm(model.hf.get_submodule(layout.ln_final), model.adapter.norm, cache[final].float())
+    frozen = model.final_norm_at(cache[final].float())
 
     def project(part: torch.Tensor, head_axis: bool = False) -> torch.Tensor:
         return frozen.apply(part.float(), head_axis=head_axis).float() @ w_dir
@@ -119,7 +117,7 @@ def direct_logit_attribution(model: HookedModel, tokens: TokensLike, direction: 
     if "pos_embed" in cache:
         labels.append("pos_embed")
         columns.append(project(cache["pos_embed"]))
-    sandwich = model.adapter.attn_out_norm is not None
+    sandwich = cfg.attn_out_normed
     for layer in range(cfg.n_layers):
         heads = project(cache[f"blocks.{layer}.attn.head_out"], head_axis=True)  # [batch, heads]
         labels += [f"L{layer}H{h}" for h in range(cfg.n_heads)]
@@ -133,7 +131,7 @@ def direct_logit_attribution(model: HookedModel, tokens: TokensLike, direction: 
         constant = constant + frozen.bias.float() @ w_dir
     labels.append("bias")
     columns.append(constant.expand_as(columns[0]))
-    normed = model.hf.get_submodule(layout.ln_final)(cache[final]).float()
+    normed = model.final_norm(cache[final]).float()
     logit = normed @ w_dir + b_dir.float()
     return DLAResult(labels, torch.stack(columns, dim=-1).detach(), logit.detach(), cfg.n_layers, cfg.n_heads)
 

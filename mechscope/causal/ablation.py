@@ -46,7 +46,7 @@ import torch
 
 from ..errors import SelectionError
 from ..models.cache import ActivationCache
-from ..models.hook_points import PATTERN_SUFFIXES, HookPoint, select_names
+from ..models.hook_points import HookPoint, select_names
 from ..models.hooked import HookedModel, Target, TokensLike
 from ..models.runtime import HookContext, HookFn
 from ..models.selection import Heads, PerPrompt, Positions, index_for
@@ -124,7 +124,7 @@ def ablation_hooks(
     if kind != "resample" and exclude_same_row:
         raise SelectionError("exclude_same_row applies to resample ablation only")
     if kind == "mean" and not per_position:
-        positional = [n for n in selections if model.hook_point(n).suffix in PATTERN_SUFFIXES]
+        positional = [n for n in selections if model.hook_point(n).explicit_attention]
         if positional:
             raise SelectionError(
                 f"per_position=False is not defined for {positional[0]!r}: its key axis is positional as well; "

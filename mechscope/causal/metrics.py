@@ -47,15 +47,14 @@ def kl_to(reference_logits: torch.Tensor, pairs: PromptPairs):
     """A metric: KL(reference || patched) at the answer positions, `[batch]`.
 
     reference_logits `[n, pos, vocab]` for the ``n`` prompts of ``pairs`` (read at their answer
-    positions once, here); a batch of ``k * n`` rows (variants stacked by a patching sweep)
-    compares row ``i`` with prompt ``i % n``.
+    positions once, here); a batch of tiled pairs (variants stacked by a sweep, `PromptPairs.tile`)
+    compares each row with its prompt, ``pairs.prompt_index``.
     """
     reference = _last(reference_logits, pairs).float().log_softmax(-1)  # [n, vocab]
 
     @reads_answer_only
     def metric(logits: torch.Tensor, pairs: PromptPairs) -> torch.Tensor:
-        rows = torch.arange(logits.shape[0], device=reference.device) % reference.shape[0]
-        ref = reference[rows]
+        ref = reference[pairs.prompt_index.to(reference.device)]
         new = _last(logits, pairs).float().log_softmax(-1).to(ref.device)
         return (ref.exp() * (ref - new)).sum(-1)
 

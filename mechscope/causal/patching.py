@@ -18,11 +18,11 @@ import torch
 
 from ..data.tasks import PromptPairs
 from ..errors import SelectionError
-from ..models.hook_points import PATTERN_SUFFIXES
 from ..models.hooked import HookedModel
 from .cells import CellGrid, cell_grid, write_cells
 from .metrics import logit_diff
 from .result import PatchingResult
+from .sweep import Stack, VariantSweep, resid_names, tile
 
 Metric = Callable[[torch.Tensor, PromptPairs], torch.Tensor]
 
@@ -60,33 +60,38 @@ def activation_patching(model: HookedModel, pairs: PromptPairs, component: str =
     n = len(pairs)
     grid = cell_grid(model, component, pairs.clean.shape[1], per_position)
     names = [grid.name(l) for l in range(grid.n_layers)]
-    starts = [f"blocks.{l}.resid_pre" for l in range(grid.n_layers)]
+    starts = resid_names(range(grid.n_layers))
     with torch.no_grad():
         source_logits, source = model.run_with_cache(source_tokens, names)
         # The run's own activations serve only to find no-op cells; a cached pattern would switch
         # the run to explicit attention, so patterns are not compared (see _changed_cells).
-        compared = [] if grid.suffix in PATTERN_SUFFIXES else names
+        explicit = model.hook_point(names[0]).explicit_attention
+        compared = [] if explicit else names
         run_logits, run_cache = model.run_with_cache(run_tokens, list(dict.fromkeys(compared + starts)))
         clean_logits, corrupted_logits = (
             (source_logits, run_logits) if direction == "denoise" else (run_logits, source_logits))
         clean_metric = metric(clean_logits, pairs).float().cpu()
         corrupted_metric = metric(corrupted_logits, pairs).float().cpu()
         run_metric = corrupted_metric if direction == "denoise" else clean_metric
-        per_pass = variants_per_pass or max(1, max_rows // n)
         raw = run_metric.expand(*grid.shape, n).clone()  # cells whose patch changes nothing keep it
-        for layer in range(grid.n_layers):
-            cells = (grid.cells(layer) if grid.suffix in PATTERN_SUFFIXES
-                     else _changed_cells(model, grid, layer, source[names[layer]], run_cache[names[layer]]))
-            for chunk in (cells[i : i + per_pass] for i in range(0, len(cells), per_pass)):
-                tiled = repeat_pairs(pairs, len(chunk))
-                logits_at = tiled.answer_positions[:, None] if answer_logits_only else None
-                logits = _run_variants(model, grid, layer, chunk, run_tokens, run_cache[starts[layer]],
-                                       source[names[layer]], logits_at)
-                if answer_logits_only:
-                    tiled.answer_positions = torch.zeros_like(tiled.answer_positions)
-                values = metric(logits, tiled).float().cpu().reshape(len(chunk), n)
-                for k, cell in enumerate(chunk):
-                    raw[cell] = values[k]
+        cells = [cell for layer in range(grid.n_layers) for cell in (
+            grid.cells(layer) if explicit
+            else _changed_cells(model, grid, layer, source[names[layer]], run_cache[names[layer]]))]
+        sweep = VariantSweep(model, run_tokens, run_cache, max_rows=max_rows, per_stack=variants_per_pass)
+
+        def forward(stack: Stack) -> torch.Tensor:
+            logits_at = tile(pairs.answer_positions[:, None], len(stack)) if answer_logits_only else None
+            return _run_variants(sweep, grid, stack, source[names[stack.layer]], logits_at)
+
+        def readout(logits: torch.Tensor, stack: Stack) -> torch.Tensor:
+            tiled = pairs.tile(len(stack))
+            if answer_logits_only:
+                tiled.answer_positions = torch.zeros_like(tiled.answer_positions)
+            return metric(logits, tiled)
+
+        values = sweep.evaluate(cells, start_of=lambda cell: cell[0], forward=forward, readout=readout)
+        for cell, value in zip(cells, values):
+            raw[cell] = value
     return PatchingResult(component, direction, raw, clean_metric, corrupted_metric, grid.axes)
 
 
@@ -100,22 +105,17 @@ def _changed_cells(model: HookedModel, grid: CellGrid, layer: int, source: torch
             if not torch.equal(source[grid.index(point, cell, source.ndim)], run[grid.index(point, cell, run.ndim)])]
 
 
-def _run_variants(model: HookedModel, grid: CellGrid, layer: int, chunk: list[tuple[int, ...]],
-                  run_tokens: torch.Tensor, start: torch.Tensor, source: torch.Tensor,
+def _run_variants(sweep: VariantSweep, grid: CellGrid, stack: Stack, source: torch.Tensor,
                   logits_at: torch.Tensor | None) -> torch.Tensor:
-    """Logits of the run with each cell of ``chunk`` (all in ``layer``) patched from ``source``,
-    one variant per block of rows, starting at block ``layer`` from ``start`` (the run's resid_pre);
-    at the positions ``logits_at`` `[rows, 1]` only, if given."""
-    k = len(chunk)
-    point = model.hook_point(grid.name(layer))
-    start = start.repeat(k, *([1] * (start.ndim - 1)))
-    hooks = {}
+    """Logits of the run with each cell of ``stack`` (all in its layer) patched from ``source``,
+    one variant per block of rows; at the positions ``logits_at`` `[rows, 1]` only, if given."""
+    name = grid.name(stack.layer)
+    point = sweep.model.hook_point(name)
     if grid.suffix == "resid_pre":
-        start = write_cells(start, grid, point, chunk, source)
-    else:
-        hooks[grid.name(layer)] = lambda x, ctx: write_cells(x, grid, point, chunk, source)
-    with model.hooks(hooks):
-        return model.run_from(layer, start, run_tokens.repeat(k, 1), logits_at=logits_at)
+        start = write_cells(sweep.start(stack), grid, point, stack.variants, source)
+        return sweep.run(stack, start=start, logits_at=logits_at)
+    hooks = {name: lambda x, ctx: write_cells(x, grid, point, stack.variants, source)}
+    return sweep.run(stack, hooks, logits_at=logits_at)
 
 
 def patch_one_by_one(model: HookedModel, pairs: PromptPairs, component: str = "resid_pre", *,
@@ -145,9 +145,3 @@ def patch_one_by_one(model: HookedModel, pairs: PromptPairs, component: str = "r
         with torch.no_grad(), model.hooks({name: patch}):
             out[cell] = metric(model(run_tokens), pairs).float().cpu()
     return out
-
-
-def repeat_pairs(pairs: PromptPairs, times: int) -> PromptPairs:
-    """``pairs`` tiled ``times`` along the batch axis (row ``i`` of every tile is prompt ``i``)."""
-    return PromptPairs(pairs.clean.repeat(times, 1), pairs.corrupted.repeat(times, 1), pairs.answers.repeat(times),
-                       pairs.wrong.repeat(times), pairs.answer_positions.repeat(times))

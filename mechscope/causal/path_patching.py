@@ -20,8 +20,9 @@ from ..errors import SelectionError
 from ..models.hooked import HookedModel
 from .cells import cell_grid, write_cells
 from .metrics import logit_diff
-from .patching import Metric, repeat_pairs, run_and_source
+from .patching import Metric, run_and_source
 from .result import PatchingResult
+from .sweep import Stack, VariantSweep, resid_names, tile
 
 
 def path_patching(model: HookedModel, pairs: PromptPairs, receivers: Sequence[tuple[int, int]] | None = None, *,
@@ -43,41 +44,32 @@ def path_patching(model: HookedModel, pairs: PromptPairs, receivers: Sequence[tu
     input_names = _receiver_names(model, receivers, receiver_input, receiver_positions, pairs.clean.shape[1])
     z = [grid.name(l) for l in range(n_layers)]
     mlp = [f"blocks.{l}.mlp.out" for l in range(n_layers)] if freeze_mlps else []
-    starts = [f"blocks.{l}.resid_pre" for l in range(n_layers)]
     with torch.no_grad():
         source_logits, source = model.run_with_cache(source_tokens, z)
-        run_logits, run = model.run_with_cache(run_tokens, z + mlp + starts)
+        run_logits, run = model.run_with_cache(run_tokens, z + mlp + resid_names(range(n_layers)))
         run_metric = metric(run_logits, pairs).float().cpu()
         source_metric = metric(source_logits, pairs).float().cpu()
-        per_pass = max(1, max_rows // n)
-        raw = torch.empty(*grid.shape, n)
-        for layer in range(n_layers):
-            if input_names and max(r[0] for r in receivers) <= layer:  # no receiver downstream
-                raw[layer] = run_metric
-                continue
-            cells = grid.cells(layer)
-            for chunk in (cells[i : i + per_pass] for i in range(0, len(cells), per_pass)):
-                k = len(chunk)
-                recorded: dict[str, torch.Tensor] = {}
-                hooks = _frozen_heads(model, grid, chunk, run, source, z[layer:], mlp[layer:])
-                hooks.update({name: _recorder(recorded) for name in input_names})
-                with model.hooks(hooks):
-                    logits = model.run_from(layer, _tile(run[starts[layer]], k), run_tokens.repeat(k, 1))
-                if input_names:
-                    first = min(r[0] for r in receivers)
-                    with model.hooks(_receiver_inputs(receivers, receiver_input, receiver_positions, recorded)):
-                        logits = model.run_from(first, _tile(run[starts[first]], k), run_tokens.repeat(k, 1))
-                values = metric(logits, repeat_pairs(pairs, k)).float().cpu().reshape(k, n)
-                for i, cell in enumerate(chunk):
-                    raw[cell] = values[i]
+        raw = run_metric.expand(*grid.shape, n).clone()  # senders with no receiver downstream keep it
+        senders = [cell for cell in grid.cells() if not input_names or cell[0] < max(r[0] for r in receivers)]
+        sweep = VariantSweep(model, run_tokens, run, max_rows=max_rows)
+
+        def forward(stack: Stack) -> torch.Tensor:
+            recorded: dict[str, torch.Tensor] = {}
+            hooks = _frozen_heads(model, grid, stack.variants, run, source, z[stack.layer:], mlp[stack.layer:])
+            hooks.update({name: _recorder(recorded) for name in input_names})
+            logits = sweep.run(stack, hooks)
+            if not input_names:
+                return logits
+            hooks = _receiver_inputs(receivers, receiver_input, receiver_positions, recorded)
+            return sweep.run(stack, hooks, layer=min(r[0] for r in receivers))
+
+        values = sweep.evaluate(senders, start_of=lambda cell: cell[0], forward=forward,
+                                readout=lambda logits, stack: metric(logits, pairs.tile(len(stack))))
+        for cell, value in zip(senders, values):
+            raw[cell] = value
     clean_metric, corrupted_metric = (run_metric, source_metric) if direction == "noise" else (source_metric, run_metric)
     component = "logits" if receivers is None else f"{receiver_input} of " + ", ".join(f"L{l}H{h}" for l, h in receivers)
     return PatchingResult(component, direction, raw, clean_metric, corrupted_metric, grid.axes, method="path")
-
-
-def _tile(x: torch.Tensor, k: int) -> torch.Tensor:
-    """``x`` `[n, ...]` stacked ``k`` times: `[k * n, ...]`."""
-    return x.repeat(k, *([1] * (x.ndim - 1)))
 
 
 def _frozen_heads(model: HookedModel, grid, chunk, run, source, z_names: list[str], mlp_names: list[str]) -> dict:
@@ -86,8 +78,8 @@ def _frozen_heads(model: HookedModel, grid, chunk, run, source, z_names: list[st
     k = len(chunk)
     sender = z_names[0]
     point = model.hook_point(sender)
-    hooks = {name: (lambda x, ctx: _tile(run[ctx.name], k)) for name in z_names[1:] + mlp_names}
-    hooks[sender] = lambda x, ctx: write_cells(_tile(run[sender], k), grid, point, chunk, source[sender])
+    hooks = {name: (lambda x, ctx: tile(run[ctx.name], k)) for name in z_names[1:] + mlp_names}
+    hooks[sender] = lambda x, ctx: write_cells(tile(run[sender], k), grid, point, chunk, source[sender])
     return hooks
 
 

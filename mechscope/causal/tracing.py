@@ -31,6 +31,7 @@ from ..errors import SelectionError
 from ..models.hooked import HookedModel
 from ..models.runtime import HookContext, HookFn
 from ..viz.heatmap import heatmap_html
+from .sweep import Stack, VariantSweep, resid_names
 
 KINDS = {"resid": "resid_post", "mlp": "mlp.out", "attn": "attn.out"}
 Restoration = Mapping[str, Sequence[int]]  # activation name -> token positions restored to clean
@@ -122,7 +123,7 @@ def embedding_std(model: HookedModel, tokens: torch.Tensor) -> float:
     with torch.no_grad():
         w_e = model.W_E.detach()
         ids = tokens.to(w_e.device)
-        scale = model.hf.get_input_embeddings()(ids).float().norm() / w_e[ids].float().norm()
+        scale = model.embed_tokens(ids).float().norm() / w_e[ids].float().norm()
         return float(w_e.float().std() * scale)
 
 
@@ -187,26 +188,28 @@ def restored_probs(model: HookedModel, fact: FactPrompt, restorations: Sequence[
         raise SelectionError(f"restoration positions outside the {n_tokens}-token prompt: {bad[:3]}")
     starts = [_start_layer(model, r) for r in restorations]
     tokens = fact.tokens.to(model.device)
+    n_layers = model.cfg.n_layers
     with torch.no_grad():
         names = sorted({name for r in restorations for name in r})
         clean = model.run_with_cache(tokens[None], names=names)[1] if names else {}
         with model.hooks({"embed": _hook_adding(noise, fact.subject_positions)}):
             noised_logits, noised = model.run_with_cache(
-                tokens.repeat(n_samples, 1), [f"blocks.{layer}.resid_pre" for layer in set(starts) - {model.cfg.n_layers}])
-    out = torch.empty(len(restorations))
-    out[[i for i, layer in enumerate(starts) if layer == model.cfg.n_layers]] = float(
-        noised_logits[:, -1].float().softmax(-1)[:, fact.attribute_token].mean())
-    per_pass = max(1, max_rows // n_samples)
-    for layer in sorted(set(starts) - {model.cfg.n_layers}):
-        indices = [i for i, start in enumerate(starts) if start == layer]
-        for chunk in (indices[i:i + per_pass] for i in range(0, len(indices), per_pass)):
-            rows = len(chunk) * n_samples
-            hooks = _restoring_hooks([restorations[i] for i in chunk], clean, n_samples)
-            with model.hooks(hooks), torch.no_grad():
-                logits = model.run_from(layer, noised[f"blocks.{layer}.resid_pre"].repeat(len(chunk), 1, 1),
-                                        tokens.repeat(rows, 1), logits_at=torch.full((rows, 1), n_tokens - 1))
-            probs = logits[:, 0].float().softmax(-1)[:, fact.attribute_token]
-            out[chunk] = probs.reshape(len(chunk), n_samples).mean(1).cpu()
+                tokens.repeat(n_samples, 1), resid_names(sorted(set(starts) - {n_layers})))
+        out = torch.empty(len(restorations))
+        unrestored = [i for i, layer in enumerate(starts) if layer == n_layers]
+        out[unrestored] = float(noised_logits[:, -1].float().softmax(-1)[:, fact.attribute_token].mean())
+        restored = [i for i, layer in enumerate(starts) if layer < n_layers]
+        sweep = VariantSweep(model, tokens.repeat(n_samples, 1), noised, max_rows=max_rows)
+
+        def forward(stack: Stack) -> torch.Tensor:
+            hooks = _restoring_hooks([restorations[i] for i in stack.variants], clean, n_samples)
+            return sweep.run(stack, hooks, logits_at=torch.full((len(stack) * n_samples, 1), n_tokens - 1))
+
+        def readout(logits: torch.Tensor, stack: Stack) -> torch.Tensor:
+            return logits[:, 0].float().softmax(-1)[:, fact.attribute_token]
+
+        probs = sweep.evaluate(restored, start_of=lambda i: starts[i], forward=forward, readout=readout)
+        out[restored] = probs.mean(1)
     return out
 
 

@@ -183,8 +183,8 @@ def greater_than_prob_diff(task: GreaterThanTask) -> Metric:
     """The paper's metric as a function ``(logits [batch, pos, vocab], pairs) -> [batch]``:
     ``P(end year > YY) - P(end year <= YY)``, end years being the two-digit numbers 00..99.
 
-    ``batch`` may be the ``n`` prompts tiled ``k`` times (row ``i`` is prompt ``i % n``), as
-    patching stacks its variants; per-prompt data comes from ``task``, ``pairs`` is not read.
+    ``batch`` is the task's ``n`` prompts, or with ``pairs`` tiled by a sweep (`PromptPairs.tile`)
+    ``k * n`` rows whose prompts ``pairs.prompt_index`` gives; per-prompt data comes from ``task``.
     Two-digit tokenizers: ``P(y)`` is the softmax probability of token ``y`` at the last
     position. Digit tokenizers: the tens digit's probabilities come from the position before
     the last, the units digit's (given the start year's tens digit) from the last one.
@@ -192,11 +192,12 @@ def greater_than_prob_diff(task: GreaterThanTask) -> Metric:
     n = len(task)
 
     def metric(logits: torch.Tensor, pairs: PromptPairs | None = None) -> torch.Tensor:
-        if logits.ndim != 3 or logits.shape[0] % n:
-            raise SelectionError(f"logits must be [k * {n}, pos, vocab] for {n} greater-than prompts, "
+        batch = n if pairs is None else len(pairs)
+        if logits.ndim != 3 or logits.shape[0] != batch:
+            raise SelectionError(f"logits must be [{batch}, pos, vocab] for {batch} rows of greater-than prompts, "
                                  f"got shape {tuple(logits.shape)}")
-        rows = torch.arange(logits.shape[0], device=logits.device)
-        prompt = rows % n
+        rows = torch.arange(batch, device=logits.device)
+        prompt = rows if pairs is None else pairs.prompt_index.to(logits.device)
         years = task.years.to(logits.device)[prompt]
         last = task.pairs.answer_positions.to(logits.device)[prompt]
         tokens = task.year_tokens.to(logits.device)

@@ -18,6 +18,9 @@ class PromptPairs:
     clean, corrupted: LongTensor `[n, pos]` of identical shape (position i means the same
       slot in both). answers, wrong: `[n]` token ids of the correct and the contrasting
       answer. answer_positions: `[n]` where the answer is predicted (default: last).
+    prompt_index: `[n]` which original prompt each row is (``arange(n)``, until `tile` stacks
+      copies: sweeps run ``k`` variants as ``k * n`` rows, variant-major, and metrics that
+      compare rows with per-prompt data index it with ``prompt_index``).
     """
 
     clean: torch.Tensor
@@ -27,6 +30,7 @@ class PromptPairs:
     answer_positions: torch.Tensor | None = None
     clean_texts: list[str] | None = None
     corrupted_texts: list[str] | None = None
+    prompt_index: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.clean.ndim != 2 or self.clean.shape[0] == 0:
@@ -41,6 +45,15 @@ class PromptPairs:
             raise SelectionError(f"answers and wrong answers must be [n] = [{n}] token ids")
         if self.answer_positions is None:
             self.answer_positions = torch.full((n,), self.clean.shape[1] - 1, dtype=torch.long)
+        if self.prompt_index is None:
+            self.prompt_index = torch.arange(n)
+
+    def tile(self, times: int) -> PromptPairs:
+        """The pairs stacked ``times`` along the batch axis: `[times * n, ...]`, row ``v * n + i``
+        is prompt ``i`` (of variant ``v``); ``prompt_index`` says which prompt each row is."""
+        return PromptPairs(self.clean.repeat(times, 1), self.corrupted.repeat(times, 1), self.answers.repeat(times),
+                           self.wrong.repeat(times), self.answer_positions.repeat(times),
+                           prompt_index=self.prompt_index.repeat(times))
 
     def __len__(self) -> int:
         return self.clean.shape[0]

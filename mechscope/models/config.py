@@ -51,6 +51,7 @@ class ModelConfig:
     gated_mlp: bool
     tied_embeddings: bool
     default_prepend_bos: bool
+    attn_out_normed: bool = False  # attn.out is taken after a sandwich post-norm (Gemma 2/3, OLMo 2)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -79,4 +80,5 @@ def build_config(hf_config: PretrainedConfig, adapter: Adapter, default_prepend_
         gated_mlp=adapter.gated_mlp,
         tied_embeddings=bool(getattr(hf_config, "tie_word_embeddings", False)),
         default_prepend_bos=default_prepend_bos,
+        attn_out_normed=adapter.attn_out_norm is not None,
     )

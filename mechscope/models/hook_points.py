@@ -8,10 +8,11 @@ from dataclasses import dataclass
 
 from ..errors import UnknownActivationError
 from .adapters.base import Adapter, Site
+from .config import ModelConfig
 
 ATTENTION_SUFFIXES = ("attn.q", "attn.k", "attn.v", "attn.scores", "attn.pattern", "attn.z")
 # Suffixes whose computation needs the explicit attention path (not the fused kernel).
-PATTERN_SUFFIXES = ("attn.scores", "attn.pattern")
+_EXPLICIT_ATTENTION = ("attn.scores", "attn.pattern")
 
 BLOCK_ORDER = (
     "resid_pre",
@@ -43,21 +44,34 @@ LAYOUTS = {
 
 @dataclass(frozen=True)
 class HookPoint:
-    """One named activation of one model.
+    """One named activation of one model, with the facts methods need about it.
 
-    ``layout`` names the axes (``"bpd"``: [batch, pos, d]; ``"bphd"``: [batch, pos, head, d];
-    ``"bhqk"``: [batch, head, query_pos, key_pos]).
+    layout: the axes (``"bpd"``: [batch, pos, d]; ``"bphd"``: [batch, pos, head, d];
+      ``"bhqk"``: [batch, head, query_pos, key_pos]).
+    site: where the adapter finds it in the HF module tree; None for a point an extension
+      added (see `mechscope.models.extension`), computed inside ``source``'s hook.
+    width: size of the feature axis (d_model, d_mlp, d_head, d_vocab, an SAE's d_sae); None
+      for scores/patterns, whose last axis is the key position.
+    n_heads: size of the head axis (GQA aware: the KV head count for ``attn.k``/``attn.v``),
+      None without one.
+    explicit_attention: reading or writing it switches its layer from the model's fused
+      attention kernel to the explicit path (``attn.scores``, ``attn.pattern``).
     """
 
     name: str
     layer: int | None
     suffix: str
-    site: Site
-    module_path: str  # absolute path of the module the site hooks ("" for logits/attention)
+    site: Site | None
+    module_path: str  # absolute path of the module the site hooks ("" for logits/attention/extensions)
     layout: str
+    width: int | None = None
+    n_heads: int | None = None
+    explicit_attention: bool = False
+    source: str | None = None  # extension points: the name they are computed from
 
     @property
     def pos_dim(self) -> int:
+        """The position axis (the query axis of scores/patterns)."""
         return self.layout.index("q") if "q" in self.layout else self.layout.index("p")
 
     @property
@@ -69,34 +83,53 @@ def _join(*parts: str) -> str:
     return ".".join(p for p in parts if p)
 
 
-def build_hook_points(adapter: Adapter, n_layers: int, parallel: bool) -> list[HookPoint]:
+def _facts(suffix: str, cfg: ModelConfig) -> dict:
+    """width / n_heads / explicit_attention of a canonical suffix on a model."""
+    if suffix in _EXPLICIT_ATTENTION:
+        return {"n_heads": cfg.n_heads, "explicit_attention": True}
+    if suffix in ("attn.k", "attn.v"):
+        return {"width": cfg.d_head, "n_heads": cfg.n_kv_heads}
+    if suffix in ("attn.q", "attn.z"):
+        return {"width": cfg.d_head, "n_heads": cfg.n_heads}
+    if suffix == "attn.head_out":
+        return {"width": cfg.d_model, "n_heads": cfg.n_heads}
+    if suffix in ("mlp.pre", "mlp.post"):
+        return {"width": cfg.d_mlp}
+    if suffix == "logits":
+        return {"width": cfg.d_vocab}
+    return {"width": cfg.d_model}
+
+
+def build_hook_points(adapter: Adapter, cfg: ModelConfig) -> list[HookPoint]:
     """All hook points of a model, in execution order."""
     points: list[HookPoint] = []
+
+    def add(name: str, layer: int | None, suffix: str, site: Site, module_path: str) -> None:
+        points.append(HookPoint(name, layer, suffix, site, module_path, LAYOUTS.get(suffix, "bpd"),
+                                **_facts(suffix, cfg)))
+
     for suffix in GLOBAL_BEFORE:
         if suffix in adapter.global_sites:
             site = adapter.global_sites[suffix]
-            points.append(HookPoint(suffix, None, suffix, site, site.path, "bpd"))
-    for layer in range(n_layers):
+            add(suffix, None, suffix, site, site.path)
+    for layer in range(cfg.n_layers):
         block = f"{adapter.layers}.{layer}"
         for suffix in BLOCK_ORDER:
             if suffix in ATTENTION_SUFFIXES:
                 site = Site("attention", adapter.attention)
             elif suffix == "attn.head_out":
                 site = Site("head_out", adapter.block_sites["attn.out"].path)
-            elif suffix in adapter.block_sites and not (parallel and suffix == "resid_mid"):
+            elif suffix in adapter.block_sites and not (cfg.parallel_attn_mlp and suffix == "resid_mid"):
                 site = adapter.block_sites[suffix]
             else:
                 continue
-            layout = LAYOUTS.get(suffix, "bpd")
-            points.append(
-                HookPoint(f"blocks.{layer}.{suffix}", layer, suffix, site, _join(block, site.path), layout)
-            )
+            add(f"blocks.{layer}.{suffix}", layer, suffix, site, _join(block, site.path))
     for suffix in GLOBAL_AFTER:
         if suffix == "logits":
-            points.append(HookPoint("logits", None, "logits", Site("output", ""), "", "bpd"))
+            add("logits", None, "logits", Site("output", ""), "")
         elif suffix in adapter.global_sites:
             site = adapter.global_sites[suffix]
-            points.append(HookPoint(suffix, None, suffix, site, site.path, "bpd"))
+            add(suffix, None, suffix, site, site.path)
     return points
 
 

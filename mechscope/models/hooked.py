@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -15,8 +15,10 @@ from .adapters import get_adapter
 from .adapters.base import Adapter
 from .cache import ActivationCache
 from .config import ModelConfig, build_config
+from .extension import Extension
 from .hook_points import HookPoint, NameSpec, build_hook_points, select_names
-from .resume import starting_at
+from .norms import FrozenNorm
+from .partial import last_block_needed, starting_at, stopping_after
 from .runtime import Entry, HookContext, HookFn, HookRuntime
 from .selection import Heads, Positions, index_for
 from .weights import LayerWeights, Weights
@@ -74,14 +76,25 @@ class HookedModel(nn.Module):
         if default_prepend_bos is None:
             default_prepend_bos = _tokenizer_adds_bos(tokenizer)
         self.cfg: ModelConfig = build_config(hf_model.config, self.adapter, default_prepend_bos)
-        self._points: list[HookPoint] = build_hook_points(self.adapter, self.cfg.n_layers, self.cfg.parallel_attn_mlp)
-        self.names: list[str] = [p.name for p in self._points]
-        self._runtime = HookRuntime(self, self._points)
+        points = build_hook_points(self.adapter, self.cfg)
+        self.names: list[str] = [p.name for p in points]
+        self._runtime = HookRuntime(self, points)
 
     # ------------------------------------------------------------------ basics
     def hook_point(self, name: str) -> HookPoint:
-        """The `HookPoint` (layout, site) of an exact name."""
-        return self._runtime.points[select_names(name, self.names)[0]]
+        """The `HookPoint` (layout, width, heads, ...) of one exact name (globs: `hook_points`)."""
+        if not isinstance(name, str):
+            raise TypeError(f"an activation name must be a string, got {type(name).__name__}")
+        if name not in self._runtime.points:
+            if any(c in name for c in "*?["):
+                raise SelectionError(f"hook_point takes one exact name, not the pattern {name!r}; "
+                                     "use model.hook_points(pattern) for every match")
+            select_names(name, self.names)  # raises the close-match error
+        return self._runtime.points[name]
+
+    def hook_points(self, names: NameSpec = None) -> list[HookPoint]:
+        """The `HookPoint`s of the names a spec selects (exact names, globs, ...), in execution order."""
+        return [self._runtime.points[n] for n in select_names(names, self.names)]
 
     @property
     def device(self) -> torch.device:
@@ -195,18 +208,31 @@ class HookedModel(nn.Module):
             self._runtime.remove(entries)
 
     @contextmanager
-    def saes(self, *saes, keep_error: bool = False, skip_first: bool = False,
-             outlier_ratio: float | None = None) -> Iterator[HookedModel]:
-        """Splice SAEs / transcoders (`mechscope.SAE`) into every forward inside the ``with``
-        block. Each adds the names ``<name>.sae.input``, ``.sae.latents`` `[b, p, d_sae]`,
-        ``.sae.recon`` (and ``.sae.error`` with ``keep_error=True``: the forward is then unchanged
-        until a hook edits the latents), usable by ``run_with_cache`` and ``hooks``.
-        skip_first leaves position 0 unreplaced; outlier_ratio also the tokens whose norm is over
-        that many times the batch's median (attention sinks the SAE was not trained on)."""
-        from ..sae.splice import attach_saes
-
-        with attach_saes(self, saes, keep_error=keep_error, skip_first=skip_first, outlier_ratio=outlier_ratio):
+    def attach(self, *extensions: Extension) -> Iterator[HookedModel]:
+        """Attach extensions (see `mechscope.models.extension`) for the duration of the block:
+        their hook points join ``model.names`` and their hooks run in every forward. Detached
+        on exit, also when an exception is raised."""
+        runtime = self._runtime
+        with ExitStack() as stack:
+            for ext in extensions:
+                if not isinstance(ext, Extension):
+                    raise TypeError(f"{type(ext).__name__} is not an extension: it needs hook_points(model) "
+                                    "and hooks(model, fire) methods")
+                points = runtime.add_points(ext.hook_points(self))
+                stack.callback(runtime.remove_points, points)
+                stack.enter_context(self.hooks(ext.hooks(self, runtime.fire)))
             yield self
+
+    def saes(self, *saes, keep_error: bool = False, skip_first: bool = False,
+             outlier_ratio: float | None = None):
+        """``model.attach`` for SAEs / transcoders (`mechscope.SAE`): splices each into every
+        forward inside the ``with`` block and adds ``<name>.sae.input``, ``.sae.latents``
+        `[b, p, d_sae]`, ``.sae.recon`` (and ``.sae.error`` with ``keep_error=True``: the forward
+        is then unchanged until a hook edits the latents). skip_first leaves position 0
+        unreplaced; outlier_ratio also the tokens whose norm is over that many times the
+        batch's median (attention sinks the SAE was not trained on)."""
+        return self.attach(*(sae.spliced(keep_error=keep_error, skip_first=skip_first, outlier_ratio=outlier_ratio)
+                             for sae in saes))
 
     def run_with_hooks(self, tokens: TokensLike, forward: HookSpec | None = None, *,
                        backward: HookSpec | None = None, **kwargs) -> torch.Tensor:
@@ -229,8 +255,9 @@ class HookedModel(nn.Module):
         dtype: torch.dtype | None = None,
         grad_metric: Callable[[torch.Tensor], torch.Tensor] | None = None,
         attention_mask: torch.Tensor | None = None,
+        stop_early: bool = False,
         **kwargs,
-    ) -> tuple[torch.Tensor, ActivationCache]:
+    ) -> tuple[torch.Tensor | None, ActivationCache]:
         """Run the model and record activations.
 
         names: an exact name, glob, list of those, predicate, or None for every name.
@@ -240,9 +267,14 @@ class HookedModel(nn.Module):
         grad_metric: ``fn(logits) -> scalar``; if given, backpropagates it and stores the
           gradient at every cached name in ``cache.grads`` (grad mode is enabled for it).
         Without ``grad_metric`` the run is under ``torch.no_grad()``.
+        stop_early: end the forward after the deepest block the names need (harvesting): the
+          logits are then None (when every name is in a block or the embeddings).
         Returns ``(logits, cache)``; logits are detached.
         """
         chosen = select_names(names, self.names)
+        if stop_early and grad_metric is not None:
+            raise MechscopeError("stop_early and grad_metric exclude each other: a metric needs the logits")
+        stop_layer = last_block_needed(self.hook_points(chosen), self.names) if stop_early else None
         acts: dict[str, torch.Tensor] = {}
         grads: dict[str, torch.Tensor] = {}
 
@@ -260,7 +292,8 @@ class HookedModel(nn.Module):
         backward = [(name, keep(grads)) for name in chosen] if grad_metric is not None else None
         with self.hooks(forward, backward=backward):
             if grad_metric is None:
-                with torch.no_grad():
+                logits = None
+                with torch.no_grad(), stopping_after(self, stop_layer):
                     logits = self(tokens, attention_mask, **kwargs)
             else:
                 with torch.enable_grad():
@@ -269,7 +302,8 @@ class HookedModel(nn.Module):
                     if metric.numel() != 1:
                         raise MechscopeError(f"grad_metric must return a scalar, got shape {tuple(metric.shape)}")
                     metric.backward()
-        return logits.detach(), ActivationCache(acts, self.names, grads if grad_metric is not None else None)
+        logits = None if logits is None else logits.detach()
+        return logits, ActivationCache(acts, self.names, grads if grad_metric is not None else None)
 
     def unembed(self, resid: torch.Tensor) -> torch.Tensor:
         """The model's own final norm, unembedding and final softcap: `[..., d_model]` -> `[..., d_vocab]`.
@@ -277,13 +311,27 @@ class HookedModel(nn.Module):
         Applied to ``blocks.{l}.resid_post`` this is the logit lens; applied to the last
         layer it reproduces the logits exactly.
         """
-        layout = self.adapter.weights
-        logits = self.hf.get_submodule(layout.unembed)(self.hf.get_submodule(layout.ln_final)(resid))
+        logits = self.hf.get_submodule(self.adapter.weights.unembed)(self.final_norm(resid))
         attr = self.adapter.final_softcap_attr
         cap = getattr(self.hf.config, attr, None) if attr else None
         if cap:
             logits = torch.tanh(logits / cap) * cap
         return logits
+
+    def final_norm(self, resid: torch.Tensor) -> torch.Tensor:
+        """The model's own final norm module applied to ``resid`` `[..., d_model]`."""
+        return self.hf.get_submodule(self.adapter.weights.ln_final)(resid)
+
+    def final_norm_at(self, resid: torch.Tensor) -> FrozenNorm:
+        """The final norm linearised at ``resid`` `[..., d_model]` (its scale frozen there):
+        ``.apply(part)`` maps parts of ``resid`` to their additive shares of
+        ``final_norm(resid) - .bias`` (`FrozenNorm`)."""
+        return FrozenNorm(self.hf.get_submodule(self.adapter.weights.ln_final), self.adapter.norm, resid)
+
+    def embed_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The input embedding of token ids `[...]` as the model applies it (times the embedding
+        scale of models that scale embeddings, sqrt(d_model) in Gemma): `[..., d_model]`."""
+        return self.hf.get_input_embeddings()(tokens.to(self.device))
 
     # ------------------------------------------------------------------ weights
     def weights(self, *, fold_norm: bool = False, expand_kv: bool = False) -> Weights:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import weakref
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -17,9 +17,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from ..errors import HookShapeError, MechscopeError
+from ..errors import HookShapeError, MechscopeError, UnknownActivationError
 from .attention import attach_attention, explicit_attention
-from .hook_points import PATTERN_SUFFIXES, HookPoint
+from .extension import NewPoint
+from .hook_points import HookPoint
 from .norms import FrozenNorm
 from .selection import Heads, Positions, index_for
 
@@ -101,21 +102,44 @@ class HookRuntime:
         attach_attention(model, self)
 
     # ----------------------------------------------------------------- registration
-    def add_derived(self, points: list[HookPoint], after: str) -> None:
-        """Make ``points`` (site kind ``"derived"``) nameable, listed right after ``after``."""
+    def add_points(self, new: Sequence[NewPoint]) -> list[HookPoint]:
+        """Make an extension's points nameable, each listed after its source (and the points
+        already computed from it). They fire only through `fire`. Returns their `HookPoint`s."""
         names = self.model.names
-        clash = [p.name for p in points if p.name in self.points]
-        if clash:
-            raise MechscopeError(f"{clash[0]!r} already exists (is an SAE already attached there?)")
-        at = names.index(after) + 1
-        names[at:at] = [p.name for p in points]
-        self.points.update({p.name: p for p in points})
+        added: list[HookPoint] = []
+        try:
+            for spec in new:
+                if not isinstance(spec, NewPoint):
+                    raise TypeError(f"an extension's hook_points() must return NewPoint objects, got "
+                                    f"{type(spec).__name__}")
+                if spec.name in self.points:
+                    raise MechscopeError(f"{spec.name!r} already exists (is the extension that adds it attached twice?)")
+                source = self.points.get(spec.source)
+                if source is None:
+                    raise UnknownActivationError(spec.source, names)
+                if "p" not in spec.layout and "q" not in spec.layout or not spec.layout.startswith("b"):
+                    raise MechscopeError(f"{spec.name!r}: layout {spec.layout!r} needs a batch axis first and a "
+                                         "position axis (p)")
+                suffix = source.suffix + spec.name[len(source.name):] if spec.name.startswith(source.name) else spec.name
+                point = HookPoint(spec.name, source.layer, suffix, None, "", spec.layout, width=spec.width,
+                                  n_heads=spec.n_heads, source=source.name)
+                at = names.index(source.name) + 1
+                while at < len(names) and self.points[names[at]].source == source.name:
+                    at += 1
+                names.insert(at, point.name)
+                self.points[point.name] = point
+                added.append(point)
+        except Exception:
+            self.remove_points(added)
+            raise
+        return added
 
-    def remove_derived(self, points: list[HookPoint]) -> None:
+    def remove_points(self, points: list[HookPoint]) -> None:
         for point in points:
-            self.entries.pop(point.name, None)
-            self.points.pop(point.name, None)
-            self.model.names.remove(point.name)
+            if self.points.get(point.name) is point:
+                self.entries.pop(point.name, None)
+                self.points.pop(point.name)
+                self.model.names.remove(point.name)
 
     @property
     def model(self) -> HookedModel:
@@ -302,11 +326,11 @@ class HookRuntime:
         ``(z [b, q, h, d_head], pattern or None)`` as transformers' attention functions do.
         """
         prefix = f"blocks.{layer}.attn."
+        explicit = [p for p in self._layer_attention[layer] if p.explicit_attention]
         query = self.fire(prefix + "q", query.transpose(1, 2)).transpose(1, 2)
         key = self.fire(prefix + "k", key.transpose(1, 2)).transpose(1, 2)
         value = self.fire(prefix + "v", value.transpose(1, 2)).transpose(1, 2)
-        needs_pattern = any(self._active(self.points[prefix + s[5:]]) for s in PATTERN_SUFFIXES)
-        if needs_pattern:
+        if any(self._active(p) for p in explicit):
             z, weights = explicit_attention(
                 module,
                 query,

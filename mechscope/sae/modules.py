@@ -130,6 +130,11 @@ class SAE(nn.Module):
             out = out + x @ self.W_skip
         return out
 
+    def spliced(self, *, keep_error: bool = False, skip_first: bool = False,
+                outlier_ratio: float | None = None) -> SAESplice:
+        """This SAE as a model extension, for ``model.attach`` (see `SAESplice`)."""
+        return SAESplice(self, keep_error=keep_error, skip_first=skip_first, outlier_ratio=outlier_ratio)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Reconstruction `[..., d_output]` of ``x`` `[..., d_in]`."""
         return self.decode(self.encode(x), x)
@@ -138,3 +143,6 @@ class SAE(nn.Module):
     def _check(x: torch.Tensor, width: int, what: str) -> None:
         if x.shape[-1] != width:
             raise SelectionError(f"SAE {what} must be [..., {width}], got shape {tuple(x.shape)}")
+
+
+from .splice import SAESplice  # noqa: E402  TEMP: moves to the top once store.py stops importing train.py

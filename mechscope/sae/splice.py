@@ -18,23 +18,21 @@ keyed by ``cfg.hook_name``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import torch
 
 from ..errors import SelectionError
-from ..models.adapters.base import Site
+from ..models.extension import Fire, NewPoint
 from ..models.hook_points import HookPoint
-from .modules import SAE
 from .store import massive_tokens
 
 if TYPE_CHECKING:
     from ..models.hooked import HookedModel
+    from .modules import SAE
 
 LatentEdit = Callable[[torch.Tensor], torch.Tensor]
-Fire = Callable[[str, torch.Tensor], torch.Tensor]
 DERIVED = ("sae.input", "sae.latents", "sae.recon", "sae.error")
 
 
@@ -95,32 +93,34 @@ def splice_hooks(sae: SAE, *, keep_error: bool = False, edit: LatentEdit | None 
                   outlier_ratio=outlier_ratio)
 
 
-@contextmanager
-def attach_saes(model: HookedModel, saes: Sequence[SAE], *, keep_error: bool = False,
-                skip_first: bool = False, outlier_ratio: float | None = None) -> Iterator[HookedModel]:
-    """`HookedModel.saes`: splice ``saes`` into every forward inside the block and add their
-    ``<name>.sae.*`` names (see the module docstring)."""
-    runtime = model._runtime
-    with ExitStack() as stack:
-        for sae in saes:
-            base = model.hook_point(sae.cfg.hook_name)
-            _check_width(model, base, sae.cfg.d_in, "reads d_in")
-            if sae.cfg.is_transcoder:
-                _check_width(model, model.hook_point(sae.cfg.output_hook_name), sae.cfg.d_output, "writes d_out")
-            names = DERIVED if keep_error else DERIVED[:3]
-            points = [HookPoint(f"{base.name}.{suffix}", base.layer, f"{base.suffix}.{suffix}", Site("derived"), "", "bpd")
-                      for suffix in names]
-            runtime.add_derived(points, after=base.name)
-            stack.callback(runtime.remove_derived, points)
-            stack.enter_context(model.hooks(_hooks(sae, keep_error=keep_error, edit=None, skip_first=skip_first,
-                                                   fire=runtime.fire, outlier_ratio=outlier_ratio)))
-        yield model
+class SAESplice:
+    """An SAE or transcoder as a model extension (`HookedModel.attach`): spliced into every
+    forward, adding ``<name>.sae.input/latents/recon`` (and ``.sae.error`` with ``keep_error``).
+    ``model.saes(sae, ...)`` is the short form."""
+
+    def __init__(self, sae: SAE, *, keep_error: bool = False, skip_first: bool = False,
+                 outlier_ratio: float | None = None):
+        self.sae, self.keep_error, self.skip_first, self.outlier_ratio = sae, keep_error, skip_first, outlier_ratio
+
+    def hook_points(self, model: HookedModel) -> list[NewPoint]:
+        cfg = self.sae.cfg
+        if not cfg.hook_name:
+            raise SelectionError("the SAE's cfg.hook_name is empty: set it to the activation it reads")
+        base = model.hook_point(cfg.hook_name)
+        _check_width(base, cfg.d_in, "reads d_in")
+        if cfg.is_transcoder:
+            _check_width(model.hook_point(cfg.output_hook_name), cfg.d_output, "writes d_out")
+        widths = {"sae.input": cfg.d_in, "sae.latents": cfg.d_sae, "sae.recon": cfg.d_output, "sae.error": cfg.d_output}
+        names = DERIVED if self.keep_error else DERIVED[:3]
+        return [NewPoint(f"{base.name}.{suffix}", base.name, widths[suffix]) for suffix in names]
+
+    def hooks(self, model: HookedModel, fire: Fire) -> dict:
+        return _hooks(self.sae, keep_error=self.keep_error, edit=None, skip_first=self.skip_first, fire=fire,
+                      outlier_ratio=self.outlier_ratio)
 
 
-def _check_width(model: HookedModel, point: HookPoint, width: int, what: str) -> None:
+def _check_width(point: HookPoint, width: int, what: str) -> None:
     if point.layout != "bpd":
         raise SelectionError(f"SAEs read and write [batch, pos, d] activations; {point.name!r} has layout {point.layout!r}")
-    cfg = model.cfg
-    actual = {"mlp.pre": cfg.d_mlp, "mlp.post": cfg.d_mlp, "logits": cfg.d_vocab}.get(point.suffix, cfg.d_model)
-    if width != actual:
-        raise SelectionError(f"the SAE {what} = {width}, but {point.name!r} is {actual} wide in this model")
+    if width != point.width:
+        raise SelectionError(f"the SAE {what} = {width}, but {point.name!r} is {point.width} wide in this model")

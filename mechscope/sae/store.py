@@ -66,17 +66,7 @@ def harvest(model: HookedModel, names: Sequence[str], batches: Iterable[torch.Te
 def run_to(model: HookedModel, names: Sequence[str], tokens: torch.Tensor) -> dict[str, torch.Tensor]:
     """``{name: activation}`` of one no-grad forward on token ids `[b, ctx]` that stops after
     the deepest block it needs (runs to the end when a name is outside the blocks)."""
-    points = [model.hook_point(name) for name in names]
-    acts: dict[str, torch.Tensor] = {}
-    hooks = [(name, _recorder(acts)) for name in names]
-    if all(p.layer is not None for p in points):
-        hooks.append((f"blocks.{max(p.layer for p in points)}.resid_post", _stop_forward))
-    try:
-        with model.hooks(hooks), torch.no_grad():
-            model(tokens)
-    except _ForwardStopped:
-        pass
-    return acts
+    return dict(model.run_with_cache(tokens, list(names), stop_early=True)[1])
 
 
 def massive_tokens(acts: torch.Tensor, ratio: float | None) -> torch.Tensor:
@@ -89,21 +79,6 @@ def massive_tokens(acts: torch.Tensor, ratio: float | None) -> torch.Tensor:
         return torch.zeros(acts.shape[:-1], dtype=torch.bool, device=acts.device)
     norms = acts.float().norm(dim=-1)
     return norms > ratio * norms.median()
-
-
-class _ForwardStopped(Exception):
-    """Raised by a hook once every activation a harvest needs has been recorded."""
-
-
-def _recorder(store: dict[str, torch.Tensor]):
-    def record(x: torch.Tensor, ctx) -> None:
-        store[ctx.name] = x.detach()
-
-    return record
-
-
-def _stop_forward(x: torch.Tensor, ctx) -> None:
-    raise _ForwardStopped
 
 
 def token_mask(model: HookedModel, tokens: torch.Tensor, *, skip_special: bool = True,

@@ -118,10 +118,13 @@ def test_metric_matches_a_hand_computation_and_tiles(kind):
     logits = torch.randn(8, task.pairs.clean.shape[1], len(model.tokenizer), generator=torch.Generator().manual_seed(0)) * 3
     torch.testing.assert_close(metric(logits, task.pairs), hand_prob_diff(task, logits), atol=1e-6, rtol=0)
     tiled = torch.cat([logits, logits.flip(0), logits])  # rows i and i + 8 are prompt i
-    torch.testing.assert_close(metric(tiled, task.pairs), hand_prob_diff(task, tiled), atol=1e-6, rtol=0)
-    torch.testing.assert_close(metric(tiled)[16:], metric(logits))
-    with pytest.raises(SelectionError, match=r"\[k \* 8, pos, vocab\]"):
+    tiled_pairs = task.pairs.tile(3)
+    torch.testing.assert_close(metric(tiled, tiled_pairs), hand_prob_diff(task, tiled), atol=1e-6, rtol=0)
+    torch.testing.assert_close(metric(tiled, tiled_pairs)[16:], metric(logits))
+    with pytest.raises(SelectionError, match=r"\[8, pos, vocab\]"):
         metric(logits[:7])
+    with pytest.raises(SelectionError, match=r"\[24, pos, vocab\]"):
+        metric(logits, tiled_pairs)
 
 
 def one_hot_year(task, logits: torch.Tensor, row: int, tens: int, units: int | None = None) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-SiteKind = Literal["input", "input_inplace", "output", "attention", "head_out", "derived"]
+SiteKind = Literal["input", "input_inplace", "output", "attention", "head_out"]
 
 
 @dataclass(frozen=True)
@@ -25,8 +25,6 @@ class Site:
         caller keeps; a replacement is written in place so the residual changes too.
       - ``"attention"``: produced inside the attention computation (q, k, v, scores, pattern, z).
       - ``"head_out"``: derived per-head contribution, computed where ``attn.out`` is produced.
-      - ``"derived"``: computed by mechscope itself inside another name's hook (an attached
-        SAE's ``<name>.sae.latents`` ...), fired with ``HookRuntime.fire``.
     path: module path relative to the block (``""`` is the block itself) for block sites,
       absolute from the root for global sites.
     chunk: ``(index, n_chunks)`` to read one chunk of a fused output along the last dim.
