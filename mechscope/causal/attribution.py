@@ -20,8 +20,8 @@ from .result import PatchingResult
 
 
 def attribution_patching(model: HookedModel, pairs: PromptPairs, component: str = "heads", *,
-                         per_position: bool | None = None, metric: Metric = logit_diff,
-                         direction: str = "denoise") -> PatchingResult:
+                         per_position: bool | None = None, over: tuple[str, ...] | None = None,
+                         metric: Metric = logit_diff, direction: str = "denoise") -> PatchingResult:
     """Gradient estimate of `activation_patching` over the same cells, in 2 forwards + 1 backward.
 
     ``raw`` `[n_layers, *cell axes, n_prompts]` is the run's metric plus the estimated change:
@@ -29,7 +29,7 @@ def attribution_patching(model: HookedModel, pairs: PromptPairs, component: str 
     noising the gradient in the clean run and the corrupted-minus-clean difference.
     """
     run_tokens, source_tokens = run_and_source(pairs, direction)
-    grid = cell_grid(model, component, pairs.clean.shape[1], per_position)
+    grid = cell_grid(model, component, pairs.clean.shape[1], per_position, over)
     names = [grid.name(l) for l in range(grid.n_layers)]
     source_logits, source = model.run_with_cache(source_tokens, names)
     run_logits, run = model.run_with_cache(run_tokens, names, grad_metric=lambda logits: metric(logits, pairs).sum())

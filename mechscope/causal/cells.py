@@ -16,7 +16,8 @@ from ..errors import SelectionError
 from ..models.hook_points import HookPoint
 from ..models.hooked import HookedModel
 
-# component -> (activation suffix, True if its cells are heads)
+# Short names for components (the canonical way is a name pattern, e.g. "blocks.*.attn.z"):
+# word -> (activation suffix, True if its cells are heads by default)
 COMPONENTS = {
     "resid_pre": ("resid_pre", False),
     "resid_mid": ("resid_mid", False),
@@ -29,6 +30,7 @@ COMPONENTS = {
     "head_v": ("attn.v", True),  # per key/value head
     "head_pattern": ("attn.pattern", True),  # position = query position
 }
+AXES = ("head", "pos")
 
 
 @dataclass(frozen=True)
@@ -61,21 +63,52 @@ class CellGrid:
         return tuple(index)
 
 
-def cell_grid(model: HookedModel, component: str, n_pos: int, per_position: bool | None = None) -> CellGrid:
-    """The grid of ``component``: per position by default for residual/output components,
-    per head (all positions) for head components; ``per_position`` overrides (heads x positions,
-    or whole layers)."""
-    if component not in COMPONENTS:
-        raise SelectionError(f"unknown component {component!r}; choose from {', '.join(COMPONENTS)}")
-    suffix, by_head = COMPONENTS[component]
-    if f"blocks.0.{suffix}" not in model.names:
-        raise SelectionError(f"{model.cfg.family} has no {suffix!r} activation (e.g. parallel blocks have no resid_mid)")
-    if per_position is None:
-        per_position = not by_head
-    axes: tuple[str, ...] = (("head",) if by_head else ()) + (("pos",) if per_position else ())
-    n_heads = model.cfg.n_kv_heads if suffix in ("attn.k", "attn.v") else model.cfg.n_heads
-    sizes = {"head": n_heads, "pos": n_pos}
-    return CellGrid(component, suffix, axes, (model.cfg.n_layers, *(sizes[a] for a in axes)))
+def cell_grid(model: HookedModel, component: str, n_pos: int, per_position: bool | None = None,
+              over: tuple[str, ...] | None = None) -> CellGrid:
+    """The grid of ``component``: a name pattern covering one activation of every block
+    (``"blocks.*.attn.z"``) or a short word of `COMPONENTS` (``"heads"``).
+
+    over: what a cell is, ``("head",)``, ``("pos",)``, ``("head", "pos")`` or ``()`` (a whole
+    layer's activation). Default: per position for residual/output activations, per head (all
+    positions) for activations with a head axis. ``per_position`` (the older switch) adds or
+    drops the position axis of the default."""
+    suffix = _suffix(model, component)
+    point = model.hook_point(f"blocks.0.{suffix}")
+    by_head = point.head_dim is not None
+    if over is None:
+        if per_position is None:
+            per_position = not by_head
+        over = (("head",) if by_head else ()) + (("pos",) if per_position else ())
+    elif per_position is not None:
+        raise SelectionError("give over= or per_position=, not both")
+    over = tuple(over)
+    if any(a not in AXES for a in over) or len(set(over)) != len(over) or list(over) != sorted(over, key=AXES.index):
+        raise SelectionError(f"over must list axes from {AXES} in that order, got {over!r}")
+    if "head" in over and not by_head:
+        raise SelectionError(f"{point.name!r} has no head axis (layout {point.layout!r}); over=('pos',) or ()")
+    sizes = {"head": point.n_heads, "pos": n_pos}
+    return CellGrid(component, suffix, over, (model.cfg.n_layers, *(sizes[a] for a in over)))
+
+
+def _suffix(model: HookedModel, component: str) -> str:
+    """The block activation suffix ``component`` (a word or a pattern over every block) names."""
+    if not isinstance(component, str):
+        raise TypeError(f"component must be a name pattern or one of {list(COMPONENTS)}, got {type(component).__name__}")
+    if component in COMPONENTS:
+        suffix = COMPONENTS[component][0]
+        if f"blocks.0.{suffix}" not in model.names:
+            raise SelectionError(f"{model.cfg.family} has no {suffix!r} activation (e.g. parallel blocks have no resid_mid)")
+        return suffix
+    if not component.startswith("blocks."):
+        raise SelectionError(f"unknown component {component!r}: give a block activation pattern such as "
+                             f"'blocks.*.attn.z' or one of {', '.join(COMPONENTS)}")
+    points = model.hook_points(component)  # unknown names: the close-match error
+    suffixes = {p.suffix for p in points}
+    layers = sorted(p.layer for p in points)
+    if len(suffixes) != 1 or layers != list(range(model.cfg.n_layers)) or points[0].site is None:
+        raise SelectionError(f"{component!r} matches {len(points)} names; a sweep's component is one activation of "
+                             f"every block, e.g. 'blocks.*.{points[0].suffix}'")
+    return suffixes.pop()
 
 
 def write_cells(x: torch.Tensor, grid: CellGrid, point: HookPoint, variants: list[tuple[int, ...]],

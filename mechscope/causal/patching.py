@@ -37,15 +37,17 @@ def run_and_source(pairs: PromptPairs, direction: str) -> tuple[torch.Tensor, to
 
 
 def activation_patching(model: HookedModel, pairs: PromptPairs, component: str = "resid_pre", *,
-                        per_position: bool | None = None, metric: Metric = logit_diff,
-                        direction: str = "denoise", answer_logits_only: bool = False,
+                        per_position: bool | None = None, over: tuple[str, ...] | None = None,
+                        metric: Metric = logit_diff, direction: str = "denoise", answer_logits_only: bool = False,
                         variants_per_pass: int | None = None, max_rows: int = 256) -> PatchingResult:
     """Patch every cell of ``component`` and measure ``metric``.
 
-    component: one of `cells.COMPONENTS` (residual stream, attention or MLP output; a head's
-      z, q, k, v or pattern).
-    per_position: cells per position (default for residual/output components), or per head
-      at all positions (default for head components); True for heads gives heads x positions.
+    component: one activation of every block, as a name pattern (``"blocks.*.resid_pre"``,
+      ``"blocks.*.attn.z"``, ``"blocks.*.attn.pattern"``, ...) or a short word of
+      `cells.COMPONENTS` (``"heads"`` = ``"blocks.*.attn.z"``).
+    over: what a cell is: ``("pos",)`` (default for residual/output activations), ``("head",)``
+      (default with a head axis: each head at all positions), ``("head", "pos")`` or ``()``
+      (a whole layer). per_position: the older switch, adding/dropping ``"pos"`` of the default.
     direction: "denoise" (run corrupted, restore clean) or "noise" (run clean, insert corrupted).
     answer_logits_only: compute the unembedding only at the answer positions (for metrics that
       declare `metrics.reads_answer_only`, as the built-in ones do): faster, but the result then
@@ -58,7 +60,7 @@ def activation_patching(model: HookedModel, pairs: PromptPairs, component: str =
         raise SelectionError("answer_logits_only needs a metric that reads only the answer positions; "
                              "declare yours with mechscope.causal.metrics.reads_answer_only if it does")
     n = len(pairs)
-    grid = cell_grid(model, component, pairs.clean.shape[1], per_position)
+    grid = cell_grid(model, component, pairs.clean.shape[1], per_position, over)
     names = [grid.name(l) for l in range(grid.n_layers)]
     starts = resid_names(range(grid.n_layers))
     with torch.no_grad():
@@ -119,15 +121,15 @@ def _run_variants(sweep: VariantSweep, grid: CellGrid, stack: Stack, source: tor
 
 
 def patch_one_by_one(model: HookedModel, pairs: PromptPairs, component: str = "resid_pre", *,
-                     per_position: bool | None = None, metric: Metric = logit_diff,
-                     direction: str = "denoise") -> torch.Tensor:
+                     per_position: bool | None = None, over: tuple[str, ...] | None = None,
+                     metric: Metric = logit_diff, direction: str = "denoise") -> torch.Tensor:
     """The naive reference: one full forward per cell, slicing the activation by hand.
 
     Returns the raw metric `[n_layers, *cell axes, n_prompts]`, which `activation_patching`
     reproduces bit for bit in far fewer forwards (used by the tests and bench/patching.py).
     """
     run_tokens, source_tokens = run_and_source(pairs, direction)
-    grid = cell_grid(model, component, pairs.clean.shape[1], per_position)
+    grid = cell_grid(model, component, pairs.clean.shape[1], per_position, over)
     _, source = model.run_with_cache(source_tokens, f"blocks.*.{grid.suffix}")
     point = model.hook_point(grid.name(0))
     out = torch.empty(*grid.shape, len(pairs))

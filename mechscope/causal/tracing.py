@@ -241,14 +241,17 @@ def causal_trace(model: HookedModel, fact: FactPrompt, kinds: Sequence[str] = ("
     """Trace ``fact`` (a `FactPrompt`, e.g. from `fact_prompts`): restore each (layer, token)
     of each kind into the subject-noised run (see the module docstring).
 
+    kinds: what is restored: the words "resid", "mlp", "attn" (``blocks.*.resid_post``,
+    ``.mlp.out``, ``.attn.out``) or patterns naming a `[b, p, d]` activation of every block
+    (``"blocks.*.mlp.out"``, ``"blocks.*.resid_mid"``); ``scores`` is keyed by them as given.
     n_samples noise draws (seeded by ``seed``, shared by all cells) of std ``noise_factor *
-    noise_std`` (see `trace_noise`); window: layers restored together for "mlp" and "attn";
+    noise_std`` (see `trace_noise`); window: layers restored together for all but residual kinds;
     max_rows: rows per forward. Runs ``len(kinds) * n_layers * (tokens from the first subject
     token on) * n_samples`` rows, each from the first block its cell restores.
     """
-    unknown = [k for k in kinds if k not in KINDS]
-    if unknown or not kinds:
-        raise SelectionError(f"kinds must be some of {list(KINDS)}, got {list(kinds)}")
+    suffixes = {kind: _trace_suffix(model, kind) for kind in ([kinds] if isinstance(kinds, str) else kinds)}
+    if not suffixes:
+        raise SelectionError(f"kinds must name at least one activation, e.g. {list(KINDS)}")
     if window < 1:
         raise SelectionError(f"window must be at least 1, got {window}")
     if noise_std is None:
@@ -256,14 +259,15 @@ def causal_trace(model: HookedModel, fact: FactPrompt, kinds: Sequence[str] = ("
     noise = trace_noise(model, fact, n_samples=n_samples, noise_factor=noise_factor, noise_std=noise_std, seed=seed)
     n_layers, n_tokens = model.cfg.n_layers, len(fact.tokens)
     first = int(fact.subject_positions.min())
-    cells = [(kind, layer, pos) for kind in kinds for layer in range(n_layers) for pos in range(first, n_tokens)]
+    cells = [(kind, layer, pos) for kind in suffixes for layer in range(n_layers) for pos in range(first, n_tokens)]
     restorations: list[Restoration] = [{}]
     for kind, layer, pos in cells:
-        span = range(layer, layer + 1) if kind == "resid" else window_layers(layer, n_layers, window)
-        restorations.append({f"blocks.{l}.{KINDS[kind]}": [pos] for l in span})
+        windowed = not suffixes[kind].startswith("resid")
+        span = window_layers(layer, n_layers, window) if windowed else range(layer, layer + 1)
+        restorations.append({f"blocks.{l}.{suffixes[kind]}": [pos] for l in span})
     probs = restored_probs(model, fact, restorations, noise, max_rows=max_rows)
     corrupted = float(probs[0])
-    scores = {kind: torch.full((n_layers, n_tokens), corrupted) for kind in kinds}
+    scores = {kind: torch.full((n_layers, n_tokens), corrupted) for kind in suffixes}
     for (kind, layer, pos), prob in zip(cells, probs[1:].tolist()):
         scores[kind][layer, pos] = prob
     with torch.no_grad():
@@ -275,6 +279,22 @@ def causal_trace(model: HookedModel, fact: FactPrompt, kinds: Sequence[str] = ("
         clean_prob=clean, corrupted_prob=corrupted, scores=scores, window=window, n_samples=n_samples,
         noise_std=noise_factor * noise_std,
     )
+
+
+def _trace_suffix(model: HookedModel, kind: str) -> str:
+    """The block activation a trace kind restores: a word of `KINDS` or a pattern over every block."""
+    if kind in KINDS:
+        return KINDS[kind]
+    if not isinstance(kind, str) or not kind.startswith("blocks."):
+        raise SelectionError(f"trace kinds are {list(KINDS)} or block activation patterns such as "
+                             f"'blocks.*.mlp.out', got {kind!r}")
+    points = model.hook_points(kind)  # unknown names: the close-match error
+    if {p.layer for p in points} != set(range(model.cfg.n_layers)) or len({p.suffix for p in points}) != 1:
+        raise SelectionError(f"{kind!r} must match one activation of every block, e.g. 'blocks.*.{points[0].suffix}'")
+    if points[0].layout != "bpd":
+        raise SelectionError(f"causal tracing restores [batch, pos, d] activations; {kind!r} has layout "
+                             f"{points[0].layout!r}")
+    return points[0].suffix
 
 
 def _str_tokens(model: HookedModel, tokens: torch.Tensor) -> list[str]:

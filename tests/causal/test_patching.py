@@ -90,3 +90,31 @@ def test_answer_logits_only_matches_within_rounding(tiny, component):
     torch.testing.assert_close(fast.raw, patch_one_by_one(model, pairs, component, metric=kl), atol=1e-4, rtol=1e-5)
     with pytest.raises(ms.SelectionError, match="reads_answer_only"):
         activation_patching(model, pairs, component, metric=lambda logits, p: logits[:, 0, 0], answer_logits_only=True)
+
+
+def test_canonical_names_and_over_equal_the_short_words(tiny):
+    model = tiny.model
+    clean = tiny.tokens[:2]
+    corrupted = clean.flip(-1)
+    pairs = ms.PromptPairs(clean, corrupted, clean[:, 0], corrupted[:, 0])
+    cases = [("heads", {}, "blocks.*.attn.z", {"over": ("head",)}),
+             ("heads", {"per_position": True}, "blocks.*.attn.z", {"over": ("head", "pos")}),
+             ("resid_pre", {}, "blocks.*.resid_pre", {}),
+             ("mlp_out", {"per_position": False}, "blocks.*.mlp.out", {"over": ()}),
+             ("head_k", {}, "blocks.*.attn.k", {})]
+    for word, old, pattern, new in cases:
+        a = ms.activation_patching(model, pairs, word, **old)
+        b = ms.activation_patching(model, pairs, pattern, **new)
+        assert a.axes == b.axes and torch.equal(a.raw, b.raw), (word, pattern)
+    c = ms.attribution_patching(model, pairs, "blocks.*.attn.z", over=("head", "pos"))
+    assert c.axes == ("head", "pos") and c.raw.shape[:3] == (model.cfg.n_layers, model.cfg.n_heads, clean.shape[1])
+    with pytest.raises(ms.UnknownActivationError, match="Closest valid names"):
+        ms.activation_patching(model, pairs, "blocks.*.attn.zz")
+    with pytest.raises(ms.SelectionError, match="one activation of every block"):
+        ms.activation_patching(model, pairs, "blocks.0.attn.z")
+    with pytest.raises(ms.SelectionError, match="no head axis"):
+        ms.activation_patching(model, pairs, "blocks.*.resid_post", over=("head",))
+    with pytest.raises(ms.SelectionError, match="over must list"):
+        ms.activation_patching(model, pairs, "blocks.*.attn.z", over=("pos", "head"))
+    with pytest.raises(ms.SelectionError, match="not both"):
+        ms.activation_patching(model, pairs, "blocks.*.attn.z", over=("head",), per_position=True)

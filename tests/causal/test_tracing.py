@@ -15,6 +15,7 @@ from mechscope.causal.tracing import (
     window_layers,
 )
 from mechscope.data.facts import FactPrompt
+import mechscope as ms
 from mechscope.errors import SelectionError
 
 SUBJECT = [3, 4, 5]
@@ -144,7 +145,7 @@ def test_result_table_and_heatmap():
 def test_bad_arguments_are_clear_errors():
     tiny = build_tiny("gpt2")  # argument checks do not depend on the family
     model, fact = tiny.model, tiny_fact(tiny)
-    with pytest.raises(SelectionError, match="kinds must be some of"):
+    with pytest.raises(SelectionError, match="trace kinds are"):
         causal_trace(model, fact, ("resid", "heads"))
     with pytest.raises(SelectionError, match="window"):
         causal_trace(model, fact, window=0)
@@ -160,3 +161,25 @@ def test_bad_arguments_are_clear_errors():
         restored_probs(model, fact, [{"blocks.0.resid_post": [12]}], noise)
     with pytest.raises(SelectionError, match="block activations"):
         restored_probs(model, fact, [{"embed": [3]}], noise)
+
+
+def test_patterns_name_what_is_restored(tiny):
+    model, fact = tiny.model, tiny_fact(tiny)
+    words = causal_trace(model, fact, ("resid", "mlp"), n_samples=2, window=2, seed=3)
+    names = causal_trace(model, fact, ("blocks.*.resid_post", "blocks.*.mlp.out"), n_samples=2, window=2, seed=3)
+    assert torch.equal(words.scores["resid"], names.scores["blocks.*.resid_post"])
+    assert torch.equal(words.scores["mlp"], names.scores["blocks.*.mlp.out"])
+    # a pattern for another block activation: resid_pre restored per layer, no window
+    pre = causal_trace(model, fact, "blocks.*.resid_pre", n_samples=2, window=2, seed=3)
+    noise = trace_noise(model, fact, n_samples=2, seed=3)
+    cache = model.run_with_cache(fact.tokens[None])[1]
+    expected = one_cell(model, fact, noise, cache, ["blocks.1.resid_pre"], 4)
+    assert float(pre.scores["blocks.*.resid_pre"][1, 4]) == pytest.approx(expected, abs=1e-5)
+    with pytest.raises(ms.UnknownActivationError, match="Closest valid names"):
+        causal_trace(model, fact, "blocks.*.mlp.outt", n_samples=1)
+    with pytest.raises(ms.SelectionError, match="every block"):
+        causal_trace(model, fact, "blocks.0.mlp.out", n_samples=1)
+    with pytest.raises(ms.SelectionError, match="layout"):
+        causal_trace(model, fact, "blocks.*.attn.z", n_samples=1)
+    with pytest.raises(ms.SelectionError, match="trace kinds"):
+        causal_trace(model, fact, "mlps", n_samples=1)
