@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 
 from ..data.tasks import PromptPairs
+from ..models.functional import kl_divergence
 
 
 def reads_answer_only(metric):
@@ -56,7 +57,7 @@ def kl_to(reference_logits: torch.Tensor, pairs: PromptPairs):
     def metric(logits: torch.Tensor, pairs: PromptPairs) -> torch.Tensor:
         ref = reference[pairs.prompt_index.to(reference.device)]
         new = _last(logits, pairs).float().log_softmax(-1).to(ref.device)
-        return (ref.exp() * (ref - new)).sum(-1)
+        return kl_divergence(ref, new)
 
     return metric
 

@@ -39,6 +39,7 @@ import torch
 
 from ..errors import SelectionError
 from ..models.hooked import HookedModel
+from ..models.tokens import single_token, single_token_words
 from .tasks import PromptPairs
 
 NOUNS = ("war", "expedition", "project", "campaign", "dynasty", "siege", "journey", "trial", "occupation",
@@ -81,10 +82,10 @@ class GreaterThanTask:
 
 def _single_tokens(tokenizer, texts: Sequence[str]) -> list[int] | None:
     """The token of each text, or None unless every text is one token of its own (no unknown token)."""
-    ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
-    if any(len(row) != 1 for row in ids) or len({row[0] for row in ids}) != len(texts):
+    ids = [single_token(tokenizer, t) for t in texts]
+    if None in ids or len(set(ids)) != len(texts):
         return None
-    return [row[0] for row in ids]
+    return ids
 
 
 def _number_mode(tokenizer) -> tuple[str, list[int]]:
@@ -145,7 +146,7 @@ def greater_than(model: HookedModel, n: int, *, seed: int = 0, nouns: Sequence[s
         raise SelectionError(f"centuries must be two-digit numbers (10..99), got {list(centuries)}")
     tok = model.tokenizer
     mode, year_ids = _number_mode(tok)
-    usable = [w for w in nouns if len(tok(" " + w, add_special_tokens=False)["input_ids"]) == 1]
+    usable = single_token_words(tok, nouns)
     years = [y for y in YEARS if mode == "two_digit" or y % 10 != 9]
     candidates = list(itertools.product(usable, centuries, years))
     random.Random(seed).shuffle(candidates)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import random
 
 from ..errors import SelectionError
+from ..models.tokens import single_token_words
 from .tasks import PromptPairs, pairs_from_strings
 
 BABA_TEMPLATES = (
@@ -44,10 +45,6 @@ OBJECTS = ("drink", "book", "ring", "kiss", "bone", "basketball", "computer", "n
            "ball", "bag", "card", "key", "phone", "hat", "flower", "cake", "box", "watch")
 
 
-def _single_token_words(tokenizer, words) -> list[str]:
-    return [w for w in words if len(tokenizer(" " + w, add_special_tokens=False)["input_ids"]) == 1]
-
-
 def ioi(model, n: int, *, template: int = 0, order: str = "mixed", seed: int = 0,
         prepend_bos: bool | None = None) -> PromptPairs:
     """``n`` IOI prompts of one template (so all share one token length) with ABC corruption.
@@ -63,8 +60,8 @@ def ioi(model, n: int, *, template: int = 0, order: str = "mixed", seed: int = 0
     if n < 1:
         raise SelectionError("need at least one prompt")
     tok = model.tokenizer
-    names = _single_token_words(tok, NAMES)
-    places, objects = _single_token_words(tok, PLACES), _single_token_words(tok, OBJECTS)
+    names = single_token_words(tok, NAMES)
+    places, objects = single_token_words(tok, PLACES), single_token_words(tok, OBJECTS)
     if len(names) < 5 or not places or not objects:
         raise SelectionError(
             f"too few single-token words for this tokenizer: {len(names)} names, {len(places)} places, "

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import SelectionError
+from ..models.tokens import require_single_token
 from .repeated import repeated_random_tokens
 
 
@@ -59,13 +60,6 @@ class PromptPairs:
         return self.clean.shape[0]
 
 
-def _single_token(tokenizer, text: str) -> int:
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    if len(ids) != 1:
-        raise SelectionError(f"answer {text!r} is {len(ids)} tokens ({ids}); answers must be single tokens")
-    return ids[0]
-
-
 def pairs_from_strings(model, clean: Sequence[str], corrupted: Sequence[str], answers: Sequence[str],
                        wrong: Sequence[str], *, prepend_bos: bool | None = None) -> PromptPairs:
     """User-defined pairs. Each clean/corrupted pair must tokenize to the same length, all
@@ -84,7 +78,8 @@ def pairs_from_strings(model, clean: Sequence[str], corrupted: Sequence[str], an
         raise SelectionError("prompts of different token lengths; keep one template per PromptPairs")
     return PromptPairs(
         torch.stack(rows_clean), torch.stack(rows_corrupt),
-        torch.tensor([_single_token(tok, a) for a in answers]), torch.tensor([_single_token(tok, w) for w in wrong]),
+        torch.tensor([require_single_token(tok, a, "answer") for a in answers]),
+        torch.tensor([require_single_token(tok, w, "answer") for w in wrong]),
         clean_texts=list(clean), corrupted_texts=list(corrupted),
     )
 

@@ -20,6 +20,7 @@ from .hook_points import HookPoint, NameSpec, build_hook_points, select_names
 from .norms import FrozenNorm
 from .partial import last_block_needed, starting_at, stopping_after
 from .runtime import Entry, HookContext, HookFn, HookRuntime
+from .tokens import require_single_token
 from .selection import Heads, Positions, index_for
 from .weights import LayerWeights, Weights
 
@@ -410,10 +411,7 @@ class HookedModel(nn.Module):
 
     def to_single_token(self, text: str) -> int:
         """The id of ``text`` if it is exactly one token, else a clear error."""
-        ids = self._require_tokenizer()(text, add_special_tokens=False)["input_ids"]
-        if len(ids) != 1:
-            raise SelectionError(f"{text!r} is {len(ids)} tokens, not one: {ids}")
-        return ids[0]
+        return require_single_token(self._require_tokenizer(), text)
 
     # ------------------------------------------------------------------ generation
     def generate(self, prompt: TokensLike, max_new_tokens: int = 20, *, do_sample: bool = False,
