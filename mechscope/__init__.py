@@ -51,6 +51,8 @@ from .sae.store import StoreSpec, harvest, harvest_to_disk, training_batches
 from .sae.train import TrainConfig, init_sae, train_sae
 from .toys.induction import InductionToyConfig, cached_induction_model, train_induction_model
 
+from . import extend  # noqa: E402  the extension points, for method authors: ms.extend
+
 __version__ = "0.1.0"
 
 __all__ = [
