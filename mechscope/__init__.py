@@ -5,7 +5,7 @@
     logits, cache = model.run_with_cache("The capital of France is", names="blocks.*.resid_post")
 """
 
-from .analysis.circuits import composition_scores, copying_scores, full_ov_circuit, ov_circuit, qk_circuit
+from .analysis.weight_circuits import composition_scores, copying_scores, full_ov_circuit, ov_circuit, qk_circuit
 from .analysis.dla import DLAResult, direct_logit_attribution
 from .analysis.factored import FactoredMatrix
 from .analysis.heads import HeadScores, detection_masks, head_scores

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from mechscope.analysis.circuits import composition_scores, copying_scores, full_ov_circuit, ov_circuit, qk_circuit
+from mechscope.analysis.weight_circuits import composition_scores, copying_scores, full_ov_circuit, ov_circuit, qk_circuit
 from mechscope.analysis.factored import FactoredMatrix
 
 
