@@ -17,6 +17,7 @@ import torch
 
 from ..data.tasks import PromptPairs
 from ..errors import SelectionError
+from ..models.cache import recorder
 from ..models.hooked import HookedModel
 from .cells import cell_grid, write_cells
 from .metrics import logit_diff
@@ -56,7 +57,7 @@ def path_patching(model: HookedModel, pairs: PromptPairs, receivers: Sequence[tu
         def forward(stack: Stack) -> torch.Tensor:
             recorded: dict[str, torch.Tensor] = {}
             hooks = _frozen_heads(model, grid, stack.variants, run, source, z[stack.layer:], mlp[stack.layer:])
-            hooks.update({name: _recorder(recorded) for name in input_names})
+            hooks.update({name: recorder(recorded, clone=True) for name in input_names})
             logits = sweep.run(stack, hooks)
             if not input_names:
                 return logits
@@ -81,13 +82,6 @@ def _frozen_heads(model: HookedModel, grid, chunk, run, source, z_names: list[st
     hooks = {name: (lambda x, ctx: tile(run[ctx.name], k)) for name in z_names[1:] + mlp_names}
     hooks[sender] = lambda x, ctx: write_cells(tile(run[sender], k), grid, point, chunk, source[sender])
     return hooks
-
-
-def _recorder(store: dict[str, torch.Tensor]):
-    def record(x: torch.Tensor, ctx) -> None:
-        store[ctx.name] = x.clone()
-
-    return record
 
 
 def _receiver_names(model: HookedModel, receivers, receiver_input: str, positions, n_pos: int) -> list[str]:

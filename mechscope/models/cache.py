@@ -4,10 +4,32 @@ from __future__ import annotations
 
 import fnmatch
 from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING
 
 import torch
 
 from ..errors import MechscopeError, UnknownActivationError
+from .selection import Positions, index_for
+
+if TYPE_CHECKING:
+    from .runtime import HookContext, HookFn
+
+
+def recorder(store: dict[str, torch.Tensor], *, positions: Positions = None, clone: bool = False,
+             device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> HookFn:
+    """A hook storing what it receives (detached) under its name in ``store``: only
+    ``positions`` (see `selection`) if given, copied with ``clone`` (caches keep references,
+    so a later in-place edit shows in them otherwise), moved to ``device`` / ``dtype``."""
+
+    def record(x: torch.Tensor, ctx: HookContext) -> None:
+        x = x.detach()
+        if positions is not None:
+            x = x[index_for(x.shape, ctx.point.pos_dim, None, None, positions, x.device)].clone()
+        elif clone:
+            x = x.clone()
+        store[ctx.name] = x.to(device=device, dtype=dtype) if (device or dtype) else x
+
+    return record
 
 
 class ActivationCache(Mapping[str, torch.Tensor]):

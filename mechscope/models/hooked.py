@@ -13,15 +13,15 @@ from transformers import LogitsProcessor, LogitsProcessorList, PreTrainedModel
 from ..errors import MechscopeError, SelectionError
 from .adapters import get_adapter
 from .adapters.base import Adapter
-from .cache import ActivationCache
+from .cache import ActivationCache, recorder
 from .config import ModelConfig, build_config
 from .extension import Extension
 from .hook_points import HookPoint, NameSpec, build_hook_points, select_names
 from .norms import FrozenNorm
 from .partial import last_block_needed, starting_at, stopping_after
-from .runtime import Entry, HookContext, HookFn, HookRuntime
+from .runtime import Entry, HookFn, HookRuntime
 from .tokens import require_single_token
-from .selection import Heads, Positions, index_for
+from .selection import Heads, Positions
 from .weights import LayerWeights, Weights
 
 TokensLike = torch.Tensor | str | Sequence[str]
@@ -280,14 +280,7 @@ class HookedModel(nn.Module):
         grads: dict[str, torch.Tensor] = {}
 
         def keep(store: dict[str, torch.Tensor]) -> HookFn:
-            def record(x: torch.Tensor, ctx: HookContext) -> None:
-                x = x.detach()
-                if positions is not None:
-                    index = index_for(x.shape, ctx.point.pos_dim, None, None, positions, x.device)
-                    x = x[index].clone()
-                store[ctx.name] = x.to(device=device, dtype=dtype) if (device or dtype) else x
-
-            return record
+            return recorder(store, positions=positions, device=device, dtype=dtype)
 
         forward = [(name, keep(acts)) for name in chosen]
         backward = [(name, keep(grads)) for name in chosen] if grad_metric is not None else None

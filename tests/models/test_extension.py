@@ -102,7 +102,7 @@ def test_stop_early_records_the_same_activations_and_skips_later_blocks(tiny):
         assert not fired and logits is None
         last = f"blocks.{model.cfg.n_layers - 1}.resid_post"
         logits, deepest = model.run_with_cache(tokens, last, stop_early=True)
-        assert logits is None and fired == [f"blocks.1.resid_pre"] * (model.cfg.n_layers > 1)
+        assert logits is None and fired == ["blocks.1.resid_pre"] * (model.cfg.n_layers > 1)
         logits, _ = model.run_with_cache(tokens, "ln_final.out", stop_early=True)  # after the blocks: runs to the end
         assert logits is not None
     for name in full:
