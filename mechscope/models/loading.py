@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from ..errors import ModelNotFoundError
 from .adapters import get_adapter
@@ -21,7 +21,7 @@ def load(
     dtype: torch.dtype = torch.float32,
     device: str | torch.device | None = None,
     device_map: str | dict | None = None,
-    attn_implementation: str = "sdpa",
+    attn_implementation: str | None = None,
     prepend_bos: bool | None = None,
     requires_grad: bool = False,
     local_files_only: bool = False,
@@ -38,6 +38,8 @@ def load(
     requires_grad: keep parameter gradients on (off by default: interpretability needs
       gradients with respect to activations, which work either way).
     local_files_only: never contact the hub (as ``HF_HUB_OFFLINE=1``).
+    attn_implementation: transformers' attention kernel; default "sdpa" where the family has
+      it, else "eager" (GPT-J before transformers 5.24). Hooks work with either.
     """
     if isinstance(model, PreTrainedModel):
         hf_model = model
@@ -48,10 +50,8 @@ def load(
         if local_files_only:
             extra["local_files_only"] = True
         get_adapter(_model_type(source, extra))  # unsupported architectures fail before loading weights
-        hf_model = _from_pretrained(
-            AutoModelForCausalLM, source, model, dtype=dtype, device_map=device_map,
-            attn_implementation=attn_implementation, **extra, **from_pretrained_kwargs,
-        )
+        kwargs = dict(dtype=dtype, device_map=device_map, **extra, **from_pretrained_kwargs)
+        hf_model = _weights(source, model, attn_implementation, kwargs)
         if tokenizer is None:
             tokenizer = _tokenizer(source, model, extra)
         if device is not None and device_map is None:
@@ -59,6 +59,18 @@ def load(
     if not requires_grad:
         hf_model.requires_grad_(False)
     return HookedModel(hf_model, tokenizer, default_prepend_bos=prepend_bos)
+
+
+def _weights(source: str, requested, attn_implementation: str | None, kwargs: dict) -> PreTrainedModel:
+    """The model, with SDPA attention unless asked otherwise or the family lacks it."""
+    if attn_implementation is None:
+        config = _from_pretrained(AutoConfig, source, requested, **{k: v for k, v in kwargs.items() if k in _CONFIG_KW})
+        family = AutoModelForCausalLM._model_mapping.get(type(config), None)
+        attn_implementation = "sdpa" if getattr(family, "_supports_sdpa", True) else "eager"
+    return _from_pretrained(AutoModelForCausalLM, source, requested, attn_implementation=attn_implementation, **kwargs)
+
+
+_CONFIG_KW = ("gguf_file", "local_files_only", "revision", "trust_remote_code", "token", "cache_dir")
 
 
 def _tokenizer(source: str, requested, extra: dict):
@@ -93,8 +105,6 @@ def _looks_like_hub_id(name: str) -> bool:
 
 
 def _model_type(source: str, extra: dict) -> str:
-    from transformers import AutoConfig
-
     return _from_pretrained(AutoConfig, source, source, **extra).model_type
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 SiteKind = Literal["input", "input_inplace", "output", "attention", "head_out"]
+AttentionEntry = Literal["interface", "method"]
 
 
 @dataclass(frozen=True)
@@ -111,10 +112,15 @@ class Adapter:
     positional: Literal["rotary", "learned"]
     gated_mlp: bool
     # The attention computation is reached either through transformers' AttentionInterface
-    # or, for models that bypass it, by wrapping one method of the attention module.
-    attention_entry: Literal["interface", "method"] = "interface"
-    attention_method: str = ""
+    # or, for models that bypass it, by wrapping one method of the attention module. A tuple
+    # lists the entries a family has had across transformers releases, in order of preference;
+    # the router uses the first one the installed attention class provides (see
+    # ``models.attention.attention_entry_of``).
+    attention_entry: AttentionEntry | tuple[AttentionEntry, ...] = "interface"
+    attention_method: str = ""  # method entry: ``(query, key, value, attention_mask) -> (out, weights)``
     attention_scale_attr: str = ""  # module attribute dividing the scores (method entry only)
+    # The family's eager attention computes the scores in fp32 (GPT-J): the explicit path does too.
+    attention_upcast: bool = False
     # Parallel attention + MLP: a bool, or the config attribute that says so.
     parallel: bool | str = False
     # Sandwich norm applied to the attention output before it joins the residual.
@@ -124,3 +130,23 @@ class Adapter:
     # What a block returns: the hidden states, or a tuple whose first item they are.
     block_output: Literal["tensor", "tuple"] = "tensor"
     docs: str = field(default="", compare=False)
+
+    @property
+    def attention_entries(self) -> tuple[AttentionEntry, ...]:
+        """The declared attention entries, in order of preference."""
+        entry = self.attention_entry
+        return (entry,) if isinstance(entry, str) else tuple(entry)
+
+
+def since_transformers(version: str, new, old):
+    """``new`` on transformers >= ``version``, ``old`` before it.
+
+    For layout facts an upstream refactor changed that the installed classes cannot be asked
+    about without running them (what a block returns). Facts that can be detected (which
+    attention entry a class uses) are declared as alternatives and detected instead.
+    """
+    import transformers
+    from packaging.version import Version
+
+    installed = Version(transformers.__version__).release
+    return new if installed >= Version(version).release else old

@@ -1,8 +1,14 @@
-"""GPT-J: parallel block with one shared LayerNorm; attention through its own ``_attn`` method."""
+"""GPT-J: parallel block with one shared LayerNorm.
+
+transformers 5.24 moved GPT-J onto the shared layout: attention through
+``ALL_ATTENTION_FUNCTIONS`` (with an fp32-upcasting eager function) and blocks returning a
+tensor. Earlier 5.x releases call the module's own ``_attn`` (also fp32) and return a tuple.
+The adapter declares both; the router detects which attention entry the installed class has.
+"""
 
 from __future__ import annotations
 
-from .base import Adapter, NormSpec, Proj, WeightLayout, input_of, output
+from .base import Adapter, NormSpec, Proj, WeightLayout, input_of, output, since_transformers
 
 GPTJ = Adapter(
     model_types=("gptj",),
@@ -37,9 +43,10 @@ GPTJ = Adapter(
     positional="rotary",
     gated_mlp=False,
     parallel=True,
-    attention_entry="method",
+    attention_entry=("interface", "method"),  # >= 5.24: AttentionInterface; before: GPTJAttention._attn
     attention_method="_attn",
     attention_scale_attr="scale_attn",
-    block_output="tuple",
+    attention_upcast=True,
+    block_output=since_transformers("5.24", new="tensor", old="tuple"),
     docs="GPT-J (attention and MLP both read ln1.out; there is no ln2).",
 )
