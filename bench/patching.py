@@ -77,8 +77,12 @@ def main() -> None:
         print(f"attribution patching, heads x positions: {approx_pos_time:.2f} s vs exact {by_pos_time:.2f} s "
               f"({by_pos_time / approx_pos_time:.0f}x faster), Pearson r = {r_pos:.3f}")
     path, path_time = timed(path_patching, model, pairs)
-    print(f"path patching, every head -> logits: {path_time:.2f} s; top {[(f'L{l}H{h}', round(v, 2)) for l, h, v in path.top(4)]}")
-    print("top heads (denoising, normalised):", [(f"L{l}H{h}", round(v, 3)) for l, h, v in exact.top(5)])
+    top = path.top(4)
+    named = [(f"L{l}H{h}", round(float(v), 2)) for l, h, v in zip(top.layer, top["head"], top.normalized)]
+    print(f"path patching, every head -> logits: {path_time:.2f} s; top {named}")
+    top = exact.top(5)
+    named = [(f"L{l}H{h}", round(float(v), 3)) for l, h, v in zip(top.layer, top["head"], top.normalized)]
+    print("top heads (denoising, normalised):", named)
 
     if PEERS.exists():
         with tempfile.TemporaryDirectory() as tmp:

@@ -15,7 +15,7 @@ import time
 import mechscope as ms
 from mechscope.analysis.tuned_lens import TunedLens, lens_kl, lens_points, train_tuned_lens
 from mechscope.data import corpora
-from mechscope.models.bundled import cache_root
+from mechscope.paths import cache_path
 
 
 def main() -> None:
@@ -28,7 +28,7 @@ def main() -> None:
     texts = corpora.wikipedia()
     train = corpora.token_windows(model.tokenizer, texts[:90], 128, args.train_windows, seed=0)
     held_out = corpora.token_windows(model.tokenizer, texts[90:], 128, args.eval_windows, seed=1)
-    out = cache_root() / "tuned_lens" / f"smollm2-135m-wiki-{args.steps}x{args.train_windows}"
+    out = cache_path("tuned_lens", f"smollm2-135m-wiki-{args.steps}x{args.train_windows}")
     start = time.perf_counter()
     if (out / "tuned_lens.json").is_file():
         lens = TunedLens.load(out)

@@ -21,6 +21,7 @@ from .causal.result import PatchingResult
 from .causal.tracing import CausalTrace, causal_trace
 from .data.facts import FactPrompt, fact_prompts, make_fact
 from .data.greater_than import GreaterThanTask, greater_than, greater_than_prob_diff
+from .data.harvest import harvest
 from .data.ioi import ioi
 from .data.repeated import repeated_random_tokens
 from .data.tasks import PromptPairs, induction_pairs, pairs_from_strings
@@ -32,8 +33,6 @@ from .errors import (
     UnknownActivationError,
     UnsupportedArchitectureError,
 )
-from .models.adapters import ADAPTERS, get_adapter, register_adapter
-from .models.adapters.base import Adapter, FusedQKV, NormSpec, Proj, Site, WeightLayout
 from .models.cache import ActivationCache
 from .models.config import ModelConfig
 from .models.hook_points import HookPoint
@@ -47,26 +46,25 @@ from .sae.features import FeatureData, LatentReport, collect_features
 from .sae.formats import load_sae, save_saelens
 from .sae.modules import SAE, SAEConfig
 from .sae.splice import splice_hooks
-from .sae.store import StoreSpec, harvest, harvest_to_disk, training_batches
+from .sae.store import StoreSpec, harvest_to_disk, training_batches
 from .sae.train import TrainConfig, init_sae, train_sae
 from .toys.induction import InductionToyConfig, cached_induction_model, train_induction_model
 
-from . import extend  # noqa: E402  the extension points, for method authors: ms.extend
+# Specialists' tiers: ms.adapters (adding a model family), ms.extend (writing a method),
+# ms.sae (SAE internals: store, architectures, formats, ...), ms.viz (figures and HTML/PNG writers).
+from . import adapters, extend, sae, viz  # noqa: E402
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "ADAPTERS",
     "COMPONENTS",
     "SAE",
     "ActivationCache",
-    "Adapter",
     "CausalTrace",
     "DLAResult",
     "FactPrompt",
     "FactoredMatrix",
     "FeatureData",
-    "FusedQKV",
     "GreaterThanTask",
     "HeadScores",
     "HookContext",
@@ -80,24 +78,24 @@ __all__ = [
     "MechscopeError",
     "ModelConfig",
     "ModelNotFoundError",
-    "NormSpec",
     "PatchingResult",
     "PerPrompt",
-    "Proj",
     "PromptPairs",
     "SAEConfig",
     "SAEEvaluation",
     "SelectionError",
-    "Site",
     "StoreSpec",
     "Target",
     "TrainConfig",
     "TunedLens",
     "UnknownActivationError",
     "UnsupportedArchitectureError",
-    "WeightLayout",
     "Weights",
     "__version__",
+    "adapters",
+    "extend",
+    "sae",
+    "viz",
     "ablate",
     "ablation_hooks",
     "activation_patching",
@@ -114,7 +112,6 @@ __all__ = [
     "evaluate_sae",
     "fact_prompts",
     "full_ov_circuit",
-    "get_adapter",
     "greater_than",
     "greater_than_prob_diff",
     "harvest",
@@ -136,7 +133,6 @@ __all__ = [
     "path_patching",
     "prob_diff",
     "qk_circuit",
-    "register_adapter",
     "repeated_random_tokens",
     "resample_rows",
     "save_saelens",

@@ -30,6 +30,14 @@ def save_checkpoint(path: str | os.PathLike, tensors: dict[str, torch.Tensor], m
     os.replace(tmp, path)
 
 
+def checkpoint_meta(path: str | os.PathLike) -> dict:
+    """The JSON metadata of the checkpoint at ``path``, without reading its tensors."""
+    with safe_open(str(path), "pt") as handle:
+        meta = json.loads(handle.metadata()["meta"])
+    meta.pop("_optimizer", None)
+    return meta
+
+
 def load_checkpoint(path: str | os.PathLike, optimizer: torch.optim.Optimizer | None = None
                     ) -> tuple[dict[str, torch.Tensor], dict]:
     """``(tensors, meta)`` from ``path``; restores ``optimizer`` in place when given."""

@@ -36,7 +36,8 @@ def ioi_report(model: HookedModel, prompt: str = IOI_PROMPT, correct: str = " Ma
                      f"KL {lens.kl_to_final[i, 0, -1].item():7.3f}")
     dla = direct_logit_attribution(model, tokens, (correct_id, wrong_id))
     lines += ["", f"Direct logit attribution of the logit difference (parts sum to {dla.total.item():+.4f}):"]
-    for name, value in dla.top(8, prompt=0):
+    top = dla.top(8, prompt=0)
+    for name, value in zip(top.component, top.value):
         lines.append(f"  {name:14s} {value:+.3f}")
     return "\n".join(lines)
 
@@ -47,7 +48,8 @@ def heads_report(model: HookedModel, n_tokens: int = 50, batch: int = 4) -> str:
     scores = head_scores(model, tokens)
     lines = [f"Attention heads on {batch} x repeated random tokens ({n_tokens} tokens twice):"]
     for kind in scores.scores:
-        top = ", ".join(f"L{l}H{h} {s:.2f}" for l, h, s in scores.top(kind, 5))
+        ranked = scores.top(5, kind=kind)
+        top = ", ".join(f"L{l}H{h} {s:.2f}" for l, h, s in zip(ranked.layer, ranked["head"], ranked.score))
         lines.append(f"  {kind:16s} {top}")
 
     def second_copy_loss(heads) -> float:
@@ -57,7 +59,8 @@ def heads_report(model: HookedModel, n_tokens: int = 50, batch: int = 4) -> str:
         second = logits[:, n_tokens:-1].flatten(0, 1)
         return torch.nn.functional.cross_entropy(second, tokens[:, n_tokens + 1:].flatten()).item()
 
-    top = [at(f"blocks.{l}.attn.z", heads=h) for l, h, _ in scores.top("induction", 5)]
+    ranked = scores.top(5, kind="induction")
+    top = [at(f"blocks.{l}.attn.z", heads=int(h)) for l, h in zip(ranked.layer, ranked["head"])]
     lines.append(f"  loss on the repeated half: {second_copy_loss([]):.2f} nats; "
                  f"with the top-5 induction heads zero-ablated: {second_copy_loss(top):.2f}")
     return "\n".join(lines)

@@ -40,3 +40,42 @@ class UnsupportedArchitectureError(MechscopeError, ValueError):
 
 class ModelNotFoundError(MechscopeError, FileNotFoundError):
     """Weights or tokenizer could not be found locally and could not be downloaded."""
+
+
+class OptionalDependencyError(MechscopeError, ImportError):
+    """A feature needs an optional package (or program) that is not installed, e.g. kaleido for PNG export."""
+
+
+class ResultFileError(MechscopeError, ValueError):
+    """A file given to ``Result.load`` is not a saved mechscope result (or holds another class)."""
+
+
+class ResultMismatchError(MechscopeError, ValueError):
+    """The model or SAE passed to a result's method is not the one the result was computed with."""
+
+
+class UnknownSAEArchitectureError(SelectionError):
+    """An SAE architecture name that is not registered (see `mechscope.sae.architectures`)."""
+
+    def __init__(self, name: str, valid: Iterable[str]):
+        valid = sorted(valid)
+        close = difflib.get_close_matches(name, valid, n=3, cutoff=0.5)
+        hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+        super().__init__(f"unknown SAE architecture {name!r}.{hint} Registered: {', '.join(valid)}.")
+
+
+class BatchSourceExhaustedError(SelectionError):
+    """A training run's batch source ran out before the last step."""
+
+
+class ActivationCacheError(MechscopeError):
+    """An activation cache on disk is missing, incomplete or unreadable."""
+
+
+class ActivationCacheMismatchError(ActivationCacheError, SelectionError):
+    """An activation cache on disk was harvested differently from what was asked (another
+    spec, other token windows, a name it does not hold)."""
+
+
+class CheckpointMismatchError(MechscopeError, ValueError):
+    """A training checkpoint was written by a run with other settings than the one resuming it."""

@@ -75,7 +75,7 @@ def build_tiny(family: str, seed: int = 0) -> Tiny:
     torch.manual_seed(seed)
     config = config_cls(**kwargs)
     hf = model_cls(config).eval()
-    adapter = ms.get_adapter(config.model_type)
+    adapter = ms.adapters.get_adapter(config.model_type)
     _randomize(hf, adapter.norm.weight_offset, seed)
     reference = copy.deepcopy(hf)
     eager = copy.deepcopy(hf)

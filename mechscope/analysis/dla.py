@@ -12,24 +12,32 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 import torch
 
+from ..errors import SelectionError
 from ..models.hooked import HookedModel, TokensLike
 from ..models.selection import PerPrompt
-from ..viz.heatmap import heatmap_html
+from ..result import Result
+from ..viz import figures
 
 Direction = int | tuple[int, int] | torch.Tensor
 
 
 @dataclass
-class DLAResult:
+class DLAResult(Result):
     """Contributions `[batch, n_components]` with their ``labels``.
 
     Labels: ``embed``, ``pos_embed`` (if any), ``L{l}H{h}`` for each head, ``L{l}.attn_bias``,
     ``L{l}.mlp`` for each layer, and ``bias`` (final-norm and unembedding biases).
     ``total`` `[batch]` is their sum; ``logit`` `[batch]` the model's own (pre-softcap)
     value along the direction, which ``total`` equals up to float error.
+
+    Protocol (`mechscope.result`): ``to_dataframe()`` has a row per (prompt, component) with
+    its kind, layer and head; ``top(n)`` ranks components by |contribution| averaged over
+    prompts (``top(n, prompt=0)`` for one prompt, ``top(n, kind="head")`` for heads only);
+    ``plot()`` draws a layer x head heatmap and the other components as bars.
     """
 
     labels: list[str]
@@ -37,6 +45,10 @@ class DLAResult:
     logit: torch.Tensor
     n_layers: int
     n_heads: int
+
+    _value = "value"
+    _signed = True
+    _mean_over = ("prompt",)
 
     @property
     def total(self) -> torch.Tensor:
@@ -56,24 +68,66 @@ class DLAResult:
         mlp = self.values[:, [self._index(f"L{l}.mlp") for l in range(self.n_layers)]]
         return torch.stack([attn, mlp], dim=-1)
 
-    def top(self, n: int = 10, prompt: int | None = None) -> list[tuple[str, float]]:
-        """The ``n`` largest-magnitude components (averaged over prompts unless ``prompt``)."""
-        values = self.values.mean(0) if prompt is None else self.values[prompt]
-        order = values.abs().argsort(descending=True)[:n]
-        return [(self.labels[i], float(values[i])) for i in order]
+    def summary(self) -> str:
+        return (f"direct logit attribution: {len(self.labels)} components x {self.values.shape[0]} prompts; "
+                f"mean logit {float(self.logit.float().mean()):.4f} = mean sum of parts {float(self.total.float().mean()):.4f}")
+
+    def _parts(self) -> tuple[list[str], list[int | None], list[int | None]]:
+        """Each label's kind, layer and head."""
+        kinds, layers, heads = [], [], []
+        for label in self.labels:
+            kind, layer, head = label, None, None
+            if label.startswith("L") and "H" in label and "." not in label:
+                layer, head = (int(v) for v in label[1:].split("H"))
+                kind = "head"
+            elif label.startswith("L") and "." in label:
+                number, kind = label[1:].split(".", 1)
+                layer = int(number)
+            kinds.append(kind)
+            layers.append(layer)
+            heads.append(head)
+        return kinds, layers, heads
 
     def to_dataframe(self) -> pd.DataFrame:
-        frame = pd.DataFrame(self.values.cpu().numpy(), columns=self.labels)
-        frame.index.name = "prompt"
-        return frame
+        """One row per (prompt, component): ``component`` (its label), ``kind`` (embed,
+        pos_embed, head, attn_bias, mlp, bias), ``layer`` and ``head`` (empty where they do not
+        apply) and ``value``, the contribution to the logit (difference)."""
+        batch, n = self.values.shape
+        kinds, layers, heads = self._parts()
+        prompt, component = np.indices((batch, n)).reshape(2, -1)
+        return pd.DataFrame({
+            "prompt": prompt,
+            "component": np.asarray(self.labels, dtype=object)[component],
+            "kind": np.asarray(kinds, dtype=object)[component],
+            "layer": pd.array([layers[c] for c in component], dtype="Int64"),
+            "head": pd.array([heads[c] for c in component], dtype="Int64"),
+            "value": self.values.detach().float().cpu().reshape(-1).numpy().astype(float),
+        })
 
-    def head_heatmap(self, prompt: int | None = None) -> str:
-        values = self.per_head().mean(0) if prompt is None else self.per_head()[prompt]
-        return heatmap_html(values, [f"L{l}" for l in range(self.n_layers)], [f"H{h}" for h in range(self.n_heads)],
-                            title="direct logit attribution per head")
-
-    def _repr_html_(self) -> str:
-        return self.head_heatmap()
+    def plot(self, value: str | None = None, **selection):
+        """Heads as a layer x head heatmap and the other components (embeddings, attention
+        biases, MLPs, biases) as bars below, both diverging at 0; the mean over prompts unless
+        ``prompt=`` is given."""
+        frame = self.plot_data(value, **selection)
+        column = self.plot_column(value)
+        which = ("mean over prompts" if "prompt" not in selection and self.values.shape[0] > 1
+                 else f"prompt {selection.get('prompt', 0)}")
+        parts = []
+        heads = frame[frame["kind"] == "head"]
+        if len(heads):
+            z = heads.pivot(index="layer", columns="head", values=column)
+            parts.append(figures.heatmap(z.to_numpy(float), [f"H{h}" for h in z.columns], [f"L{l}" for l in z.index],
+                                         title="heads", signed=True, x_label="head", y_label="layer",
+                                         z_label="logit contribution"))
+        rest = frame[frame["kind"] != "head"]
+        if len(rest):
+            parts.append(figures.bar(rest["component"].tolist(), rest[column].to_numpy(float), title="other components",
+                                     signed=True, x_label="component", y_label="logit contribution"))
+        title = f"Direct logit attribution ({which})"
+        if len(parts) == 1:
+            parts[0].update_layout(title={"text": f"{title}: {parts[0].layout.title.text}"})
+            return parts[0]
+        return figures.stack(parts, title=title, row_heights=[0.7, 0.3])
 
 
 def logit_direction(model: HookedModel, direction: Direction) -> tuple[torch.Tensor, torch.Tensor]:
@@ -87,7 +141,7 @@ def logit_direction(model: HookedModel, direction: Direction) -> tuple[torch.Ten
         return w_u[:, good] - w_u[:, bad], b_u[good] - b_u[bad]
     direction = torch.as_tensor(direction, dtype=w_u.dtype, device=w_u.device)
     if direction.shape != (model.cfg.d_vocab,):
-        raise ValueError(f"a direction tensor must be [d_vocab] = [{model.cfg.d_vocab}], got {tuple(direction.shape)}")
+        raise SelectionError(f"a direction tensor must be [d_vocab] = [{model.cfg.d_vocab}], got {tuple(direction.shape)}")
     return w_u @ direction, b_u @ direction
 
 

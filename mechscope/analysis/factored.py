@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import torch
 
+from ..errors import SelectionError
+
 
 class FactoredMatrix:
     """``A @ B`` with ``A`` `[..., m, r]` and ``B`` `[..., r, n]`, never formed unless asked."""
 
     def __init__(self, A: torch.Tensor, B: torch.Tensor):
         if A.shape[-1] != B.shape[-2]:
-            raise ValueError(f"inner dimensions differ: A {tuple(A.shape)} @ B {tuple(B.shape)}")
+            raise SelectionError(f"inner dimensions differ: A {tuple(A.shape)} @ B {tuple(B.shape)}")
         self.A, self.B = A, B
 
     @property
@@ -68,7 +70,7 @@ class FactoredMatrix:
     def eigenvalues(self) -> torch.Tensor:
         """Nonzero-eigenvalue candidates of a square ``A @ B``: ``eig(B @ A)``, `[..., r]` complex."""
         if self.A.shape[-2] != self.B.shape[-1]:
-            raise ValueError(f"eigenvalues need a square matrix, got {tuple(self.shape)}")
+            raise SelectionError(f"eigenvalues need a square matrix, got {tuple(self.shape)}")
         return torch.linalg.eigvals(self.B @ self.A)
 
     def norm(self) -> torch.Tensor:

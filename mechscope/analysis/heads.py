@@ -21,11 +21,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 import torch
 
+from ..errors import SelectionError
 from ..models.hooked import HookedModel, TokensLike
-from ..viz.heatmap import heatmap_html
+from ..result import Result
+from ..viz import figures
 
 KINDS = ("previous_token", "first_token", "duplicate_token", "induction")
 
@@ -50,36 +53,53 @@ def detection_masks(tokens: torch.Tensor, kinds: tuple[str, ...] = KINDS) -> dic
             after[:, :, 1:] = same[:, :, :-1] & earlier[:, :, :-1]  # key k: token[k-1] == token[q], k-1 < q
             masks[kind] = after & earlier
         else:
-            raise ValueError(f"unknown detector {kind!r}; known: {', '.join(KINDS)}")
+            raise SelectionError(f"unknown detector {kind!r}; known: {', '.join(KINDS)}")
     return masks
 
 
 @dataclass
-class HeadScores:
-    """``scores[kind]``: `[n_layers, n_heads]` mean attention mass on the detector's keys."""
+class HeadScores(Result):
+    """``scores[kind]``: `[n_layers, n_heads]` mean attention mass on the detector's keys.
+
+    Protocol (`mechscope.result`): ``to_dataframe()`` has a row per (kind, layer, head);
+    ``top(n, kind="induction")`` the highest-scoring heads of a kind; ``plot()`` one
+    layer x head heatmap per kind (``kind=`` picks some) on a 0-1 scale.
+    """
 
     scores: dict[str, torch.Tensor]
 
-    def top(self, kind: str, n: int = 5) -> list[tuple[int, int, float]]:
-        """The ``n`` highest-scoring heads as ``(layer, head, score)``."""
-        values = self.scores[kind]
-        flat = values.flatten().argsort(descending=True)[:n]
-        return [(int(i) // values.shape[1], int(i) % values.shape[1], float(values.flatten()[i])) for i in flat]
+    _value = "score"
+    _signed = False
+
+    def summary(self) -> str:
+        first = next(iter(self.scores.values()))
+        return f"head scores of {first.shape[0]} layers x {first.shape[1]} heads for {', '.join(self.scores)}"
 
     def to_dataframe(self) -> pd.DataFrame:
-        first = next(iter(self.scores.values()))
-        layers, heads = first.shape
-        rows = [{"layer": l, "head": h, **{kind: float(v[l, h]) for kind, v in self.scores.items()}}
-                for l in range(layers) for h in range(heads)]
-        return pd.DataFrame(rows)
+        """One row per (kind, layer, head) with its ``score``."""
+        frames = []
+        for kind, values in self.scores.items():
+            layer, head = np.indices(tuple(values.shape)).reshape(2, -1)
+            frames.append(pd.DataFrame({"kind": kind, "layer": layer, "head": head,
+                                        "score": values.detach().float().cpu().reshape(-1).numpy().astype(float)}))
+        return pd.concat(frames, ignore_index=True)
 
-    def heatmap(self, kind: str) -> str:
-        values = self.scores[kind]
-        return heatmap_html(values, [f"L{l}" for l in range(values.shape[0])],
-                            [f"H{h}" for h in range(values.shape[1])], title=f"{kind} score", diverging=False)
-
-    def _repr_html_(self) -> str:
-        return "".join(self.heatmap(kind) for kind in self.scores)
+    def plot(self, value: str | None = None, **selection):
+        """One layer x head heatmap per detector kind, on one 0-1 colour scale."""
+        kinds = selection.get("kind")
+        for kind in [kinds] if isinstance(kinds, str) else list(kinds or []):
+            if kind not in self.scores:
+                raise SelectionError(f"these head scores have kinds {list(self.scores)}, not {kind!r}")
+        frame = self.plot_data(value, **selection)
+        column = self.plot_column(value)
+        panels = []
+        for kind, part in frame.groupby("kind", sort=False):
+            z = part.pivot(index="layer", columns="head", values=column)
+            panels.append({"z": z.to_numpy(float), "x": [f"H{h}" for h in z.columns], "y": [f"L{l}" for l in z.index],
+                           "title": kind})
+        cols = min(len(panels), 4)
+        return figures.facet_heatmaps(panels, title="Attention-head detector scores (attention mass on marked keys)",
+                                      cols=cols, x_label="head", y_label="layer", z_label=column)
 
 
 def head_scores(model: HookedModel, tokens: TokensLike, kinds: tuple[str, ...] = KINDS, *,
@@ -89,14 +109,14 @@ def head_scores(model: HookedModel, tokens: TokensLike, kinds: tuple[str, ...] =
     hooks, never stored). ``average``: "marked" (queries with a marked key) or "all" (every
     real query). ``attention_mask`` excludes padded queries and keys."""
     if average not in ("marked", "all"):
-        raise ValueError(f"average must be 'marked' or 'all', got {average!r}")
+        raise SelectionError(f"average must be 'marked' or 'all', got {average!r}")
     input_ids, mask = model.prepare_inputs(tokens, attention_mask)
     masks = detection_masks(input_ids.cpu(), tuple(kinds))
     batch, n = input_ids.shape
     for name, custom_mask in (custom or {}).items():
         custom_mask = torch.as_tensor(custom_mask, dtype=torch.bool)
         if custom_mask.shape[-2:] != (n, n):
-            raise ValueError(f"custom detector {name!r} must be [pos, pos] or [batch, pos, pos] with pos = {n}")
+            raise SelectionError(f"custom detector {name!r} must be [pos, pos] or [batch, pos, pos] with pos = {n}")
         masks[name] = custom_mask.expand(batch, n, n)
     if mask is not None:
         valid = mask.bool().cpu()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from ..errors import SelectionError
 from ..models.hooked import HookedModel
 from .factored import FactoredMatrix
 
@@ -58,7 +59,7 @@ def _reader(model: HookedModel, kind: str, fold_norm: bool) -> tuple[torch.Tenso
         return weights.W_K[:], weights.W_Q[:].transpose(-1, -2)
     if kind == "v":
         return weights.W_V[:], weights.W_O[:]
-    raise ValueError(f"composition kind must be 'q', 'k' or 'v', got {kind!r}")
+    raise SelectionError(f"composition kind must be 'q', 'k' or 'v', got {kind!r}")
 
 
 def composition_scores(model: HookedModel, kind: str, *, fold_norm: bool = True) -> torch.Tensor:

@@ -30,7 +30,8 @@ from ..data.facts import FactPrompt
 from ..errors import SelectionError
 from ..models.hooked import HookedModel
 from ..models.runtime import HookContext, HookFn
-from ..viz.heatmap import heatmap_html
+from ..result import Result
+from ..viz import figures
 from .sweep import Stack, VariantSweep, resid_names
 
 KINDS = {"resid": "resid_post", "mlp": "mlp.out", "attn": "attn.out"}
@@ -38,7 +39,7 @@ Restoration = Mapping[str, Sequence[int]]  # activation name -> token positions 
 
 
 @dataclass
-class CausalTrace:
+class CausalTrace(Result):
     """Result of `causal_trace`.
 
     scores: kind -> `[n_layers, n_tokens]` probability of the attribute token (mean over the
@@ -46,6 +47,10 @@ class CausalTrace:
     clean_prob: the clean run's probability; corrupted_prob: the noised run's (mean over samples).
     str_tokens: the prompt's tokens; subject_positions: the noised ones.
     noise_std: the standard deviation of the noise that was added (factor included).
+
+    Protocol (`mechscope.result`): ``to_dataframe()`` has a row per (kind, layer, position);
+    ``top(n, kind=...)`` ranks cells by indirect effect; ``plot()`` draws ROME's heatmaps
+    (tokens x layers, one per kind, diverging at 0, the probability in the hover box).
     """
 
     str_tokens: list[str]
@@ -58,6 +63,9 @@ class CausalTrace:
     window: int
     n_samples: int
     noise_std: float
+
+    _value = "indirect_effect"
+    _signed = True
 
     def token_labels(self) -> list[str]:
         """``"3 ' Tower' *"``: position, token, and ``*`` on subject tokens."""
@@ -83,27 +91,40 @@ class CausalTrace:
                                     "indirect_effect": prob - self.corrupted_prob})
         return pd.DataFrame(records)
 
-    def heatmap(self, kind: str | None = None) -> str:
-        """HTML heatmap(s), tokens as rows (subject tokens marked ``*``) and layers as columns,
-        as in ROME's figures; all kinds one below the other when ``kind`` is None."""
+    def summary(self) -> str:
+        return (f"causal trace of {self.attribute!r} over {len(self.str_tokens)} tokens (subject "
+                f"{self.subject_positions}), kinds {list(self.scores)}; clean p {self.clean_prob:.3f}, "
+                f"subject noised {self.corrupted_prob:.3f}")
+
+    def plot(self, value: str | None = None, **selection):
+        """ROME's heatmaps: tokens as rows (subject tokens marked ``*``), layers as columns, one
+        panel per kind (``kind=`` picks some), on one colour scale; ``value`` is
+        ``"indirect_effect"`` (default, diverging at 0) or ``"prob"``."""
+        kinds = selection.get("kind")
+        for kind in [kinds] if isinstance(kinds, str) else list(kinds or []):
+            self._scores(kind)
+        frame = self.plot_data(value, **selection)
+        column = self.plot_column(value)
         what = {"resid": "hidden state (resid_post)", "mlp": f"MLP output (window {self.window})",
                 "attn": f"attention output (window {self.window})"}
-        tables = []
-        for k in list(self.scores) if kind is None else [kind]:
-            values = self._scores(k)
-            title = (f"Clean {what[k]} restored at (token, layer): p({self.attribute!r}); "
-                     f"clean {self.clean_prob:.3f}, subject noised {self.corrupted_prob:.3f}")
-            tables.append(heatmap_html(values.T, self.token_labels(), [str(l) for l in range(values.shape[0])],
-                                       title=title, diverging=False))
-        return "<br>".join(tables)
+        labels = self.token_labels()
+        panels = []
+        for kind, part in frame.groupby("kind", sort=False):
+            z = part.pivot(index="position", columns="layer", values=column)
+            prob = part.pivot(index="position", columns="layer", values="prob")
+            panels.append({"z": z.to_numpy(float), "x": [str(c) for c in z.columns],
+                           "y": [labels[p] for p in z.index], "title": what.get(kind, kind),
+                           "hover": {"p(attribute)": prob.to_numpy(float).round(4)}})
+        title = (f"Causal trace: p({self.attribute!r}) with one clean activation restored; "
+                 f"clean {self.clean_prob:.3f}, subject noised {self.corrupted_prob:.3f}")
+        z_label = "indirect effect" if column == "indirect_effect" else column
+        return figures.facet_heatmaps(panels, title=title, signed=column == "indirect_effect", x_label="layer",
+                                      y_label="token", z_label=z_label)
 
     def _scores(self, kind: str) -> torch.Tensor:
         if kind not in self.scores:
             raise SelectionError(f"this trace has kinds {list(self.scores)}, not {kind!r}")
         return self.scores[kind]
-
-    def _repr_html_(self) -> str:
-        return self.heatmap()
 
 
 def _check_fact(model: HookedModel, fact: FactPrompt) -> None:

@@ -1,1 +1,1 @@
-"""Prompt tasks and corpora."""
+"""Prompt tasks, corpora, and activation harvesting (`harvest`) for everything fitted on activations."""

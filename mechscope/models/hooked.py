@@ -305,7 +305,7 @@ class HookedModel(nn.Module):
         Applied to ``blocks.{l}.resid_post`` this is the logit lens; applied to the last
         layer it reproduces the logits exactly.
         """
-        logits = self.hf.get_submodule(self.adapter.weights.unembed)(self.final_norm(resid))
+        logits = self.hf.get_submodule(self.adapter.components.unembed)(self.final_norm(resid))
         attr = self.adapter.final_softcap_attr
         cap = getattr(self.hf.config, attr, None) if attr else None
         if cap:
@@ -314,13 +314,13 @@ class HookedModel(nn.Module):
 
     def final_norm(self, resid: torch.Tensor) -> torch.Tensor:
         """The model's own final norm module applied to ``resid`` `[..., d_model]`."""
-        return self.hf.get_submodule(self.adapter.weights.ln_final)(resid)
+        return self.hf.get_submodule(self.adapter.components.ln_final)(resid)
 
     def final_norm_at(self, resid: torch.Tensor) -> FrozenNorm:
         """The final norm linearised at ``resid`` `[..., d_model]` (its scale frozen there):
         ``.apply(part)`` maps parts of ``resid`` to their additive shares of
         ``final_norm(resid) - .bias`` (`FrozenNorm`)."""
-        return FrozenNorm(self.hf.get_submodule(self.adapter.weights.ln_final), self.adapter.norm, resid)
+        return FrozenNorm(self.hf.get_submodule(self.adapter.components.ln_final), self.adapter.norm, resid)
 
     def embed_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
         """The input embedding of token ids `[...]` as the model applies it (times the embedding

@@ -99,7 +99,7 @@ def stopping_after(model: HookedModel, layer: int | None) -> Iterator[list[bool]
     blocks = model.hf.get_submodule(model.adapter.layers)
     if not -1 <= layer < len(blocks):
         raise SelectionError(f"stop layer {layer} out of range for {len(blocks)} blocks")
-    after = blocks[layer + 1] if layer + 1 < len(blocks) else model.hf.get_submodule(model.adapter.weights.ln_final)
+    after = blocks[layer + 1] if layer + 1 < len(blocks) else model.hf.get_submodule(model.adapter.components.ln_final)
 
     def stop(module: nn.Module, args: tuple, kwargs: dict):
         raise _Stopped

@@ -290,7 +290,7 @@ class HookRuntime:
 
     def _o_proj_path(self, layer: int) -> str:
         adapter = self.model.adapter
-        return f"{adapter.layers}.{layer}.{adapter.weights.o.path}"
+        return f"{adapter.layers}.{layer}.{adapter.components.o.path}"
 
     def _fire_head_out(self, point: HookPoint, module: nn.Module, args: tuple, kwargs: dict, out: torch.Tensor):
         """Per-head contributions `[b, p, h, d]`; if a hook changes them, ``attn.out`` becomes their sum."""

@@ -67,7 +67,7 @@ class Weights:
 
     def __init__(self, model: HookedModel, fold_norm: bool = False, expand_kv: bool = False):
         self._model = model
-        self._layout = model.adapter.weights
+        self._layout = model.adapter.components
         self._cfg = model.cfg
         self.fold_norm = fold_norm
         self.expand_kv = expand_kv

@@ -25,7 +25,8 @@ from pathlib import Path
 import torch
 
 from ..errors import SelectionError
-from .modules import ARCHITECTURES, SAE, SAEConfig
+from .architectures import ARCHITECTURES, get_architecture
+from .modules import SAE, SAEConfig
 
 _SUFFIXES = {"": 1, "k": 10**3, "m": 10**6, "b": 10**9}
 
@@ -68,7 +69,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     train.add_argument("--hook", required=True, help="the activation the SAE reads")
     train.add_argument("--output-hook", default=None, help="transcoders: the activation reconstructed")
     train.add_argument("--skip-connection", action="store_true")
-    train.add_argument("--arch", default="topk", choices=ARCHITECTURES)
+    train.add_argument("--arch", default="topk", choices=list(ARCHITECTURES))
     train.add_argument("--k", type=int, default=32)
     train.add_argument("--d-sae", type=int, required=True)
     train.add_argument("--tokens", type=parse_count, required=True, help="training tokens (the cache is reread if smaller)")
@@ -177,7 +178,7 @@ def _train(args: argparse.Namespace) -> None:
     d_in = _width(folder, args.hook)
     d_out = _width(folder, args.output_hook) if args.output_hook else None
     cfg = SAEConfig(d_in=d_in, d_sae=args.d_sae, architecture=args.arch,
-                    k=args.k if args.arch in ("topk", "batchtopk") else None, d_out=d_out,
+                    k=args.k if get_architecture(args.arch).uses_k else None, d_out=d_out,
                     skip_connection=args.skip_connection, hook_name=args.hook, output_hook_name=args.output_hook,
                     model_name=args.model)
     steps, local_batch = args.tokens // args.batch_size, args.batch_size // world
@@ -252,6 +253,6 @@ def _dashboard(args: argparse.Namespace) -> None:
     alive = (features.fire_counts > 0).nonzero().squeeze(-1).tolist()
     latents = alive[: args.latents] if args.latents else alive
     print(f"{len(alive)} of {sae.cfg.d_sae} latents fire on {features.n_tokens:,} tokens")
-    print(f"wrote {features.dashboard(args.out, latents)}")
+    print(f"wrote {features.dashboard(model, sae, args.out, latents)}")
     if args.neuronpedia:
-        print(f"wrote {features.to_neuronpedia(args.neuronpedia, latents)}")
+        print(f"wrote {features.to_neuronpedia(model, sae, args.neuronpedia, latents)}")

@@ -8,7 +8,10 @@ import html
 import json
 from pathlib import Path
 
-from .features import LatentReport
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .features import LatentReport
 
 _STYLE = """
 body{font-family:system-ui,sans-serif;margin:0;display:flex;height:100vh;color:#222}
@@ -47,7 +50,7 @@ function renderList() {
   list.innerHTML = '';
   for (const r of data) {
     const text = (r.latent + ' ' + r.label + ' ' + summary(r) + ' ' +
-                  r.top.slice(0, 3).map(e => e.tokens[e.peak]).join(' ')).toLowerCase();
+                  r.top_examples.slice(0, 3).map(e => e.tokens[e.peak]).join(' ')).toLowerCase();
     if (q && !text.includes(q)) continue;
     const item = document.createElement('div');
     item.dataset.latent = r.latent;
@@ -87,7 +90,7 @@ function show(id) {
     '<div class="row"><div><h3>Activations</h3>' + histogram(r.histogram_counts) + '</div>' +
     '<div><h3>Promoted tokens</h3>' + tokens(r.promoted) + '</div>' +
     '<div><h3>Suppressed tokens</h3>' + tokens(r.suppressed) + '</div></div>' +
-    '<h3>Top contexts</h3>' + r.top.map(e => context(e, r.max_activation)).join('');
+    '<h3>Top contexts</h3>' + r.top_examples.map(e => context(e, r.max_activation)).join('');
   for (const g of r.quantiles.slice().reverse()) {
     out += '<h3>Windows with max in ' + g.low.toFixed(3) + ' to ' + g.high.toFixed(3) + '</h3>' +
            g.examples.map(e => context(e, r.max_activation)).join('');

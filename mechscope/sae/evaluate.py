@@ -2,7 +2,7 @@
 costs the model's predictions.
 
 Formulas (over the evaluated tokens: position 0 excluded with ``skip_first``, and the
-attention-sink outliers with ``outlier_ratio``, see `store.massive_tokens`):
+attention-sink outliers with ``outlier_ratio``, see `data.harvest.massive_tokens`):
 - ``l0``: mean number of non-zero latents per token.
 - ``fve`` (fraction of variance explained, mean-centred):
   ``1 - sum ||y - y_hat||^2 / sum ||y - mean(y)||^2``, ``y`` the target activation (the input
@@ -19,17 +19,26 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+import numpy as np
+import pandas as pd
 import torch
 
+from ..data.harvest import massive_tokens, token_mask
 from ..models.hooked import HookedModel
+from ..result import Result
+from ..viz import figures
 from .modules import SAE
 from .splice import splice_hooks
-from .store import massive_tokens, token_mask
 
 
 @dataclass
-class SAEEvaluation:
-    """Metrics of `evaluate_sae` (see the module docstring for the formulas)."""
+class SAEEvaluation(Result):
+    """Metrics of `evaluate_sae` (see the module docstring for the formulas).
+
+    Protocol (`mechscope.result`): ``to_dict()`` has the scalar metrics; ``to_dataframe()`` a
+    row per latent (its firing density); ``top(n)`` the densest latents; ``plot()`` the
+    histogram of log10 density over the latents that fire, the metrics in its title.
+    """
 
     n_tokens: int
     l0: float
@@ -46,9 +55,35 @@ class SAEEvaluation:
     dense_fraction: float
     density: torch.Tensor
 
+    _value = "density"
+    _signed = False
+    _plot_value = "log10_density"
+
     def to_dict(self) -> dict:
         """Scalars only (``density`` left out)."""
         return {k: v for k, v in asdict(self).items() if k != "density"}
+
+    def summary(self) -> str:
+        return (f"SAE evaluation on {self.n_tokens:,} tokens: L0 {self.l0:.1f}, FVE {self.fve:.3f}, "
+                f"CE recovered {self.ce_recovered:.3f}, KL {self.kl_sae:.3f}, dead {self.dead_fraction:.2%}, "
+                f"dense {self.dense_fraction:.2%}")
+
+    def to_dataframe(self) -> pd.DataFrame:
+        """One row per latent: ``density`` (fraction of tokens it fires on), ``log10_density``
+        (NaN for latents that never fire) and ``dead``."""
+        density = self.density.detach().double().cpu().numpy()
+        with np.errstate(divide="ignore"):
+            log = np.where(density > 0, np.log10(np.where(density > 0, density, 1.0)), np.nan)
+        return pd.DataFrame({"latent": np.arange(len(density)), "density": density, "log10_density": log,
+                             "dead": density == 0})
+
+    def plot(self, value: str | None = None, *, bins: int = 40, **selection):
+        """Histogram of ``log10_density`` over the latents that fire (``value`` picks another column)."""
+        frame = self.plot_data(value, **selection)
+        column = self.plot_column(value)
+        title = (f"Latent density over {self.n_tokens:,} tokens ({int(frame['dead'].sum())} dead of {len(frame)}); "
+                 f"L0 {self.l0:.1f}, FVE {self.fve:.3f}, CE recovered {self.ce_recovered:.3f}")
+        return figures.histogram(frame[column].to_numpy(float), title=title, x_label=column, bins=bins)
 
     def density_histogram(self, bins: int = 20) -> tuple[torch.Tensor, torch.Tensor]:
         """``(counts [bins], edges [bins + 1])`` of log10 density over the latents that fire."""
@@ -65,7 +100,7 @@ def evaluate_sae(model: HookedModel, sae: SAE, tokens: torch.Tensor, *, batch_si
 
     Left out of the metrics: the tokenizer's special tokens, position 0 (``skip_first``) and
     the tokens whose input norm is over ``outlier_ratio`` times the batch's median
-    (`store.massive_tokens`, the attention-sink outliers): what SAE training leaves out too. Position 0 and the outliers are neither spliced
+    (`data.harvest.massive_tokens`, the attention-sink outliers): what SAE training leaves out too. Position 0 and the outliers are neither spliced
     nor zero-ablated; special tokens are (in both runs) but not counted in FVE, L0, density."""
     cfg = sae.cfg
     target_name = cfg.output_hook_name if cfg.is_transcoder else cfg.hook_name

@@ -6,12 +6,9 @@ optional linear skip connection). Both encode ``pre = (x - b_dec) @ W_enc + b_en
 subtracted only for SAEs with ``pre_encoder_bias``), apply the architecture's activation to
 get latents `[..., d_sae]`, and decode ``latents @ W_dec + b_dec`` (+ ``x @ W_skip``).
 
-Activations:
-- "relu": ``relu(pre)`` (trained with an L1 penalty weighted by decoder norms).
-- "topk": the ``k`` largest of ``relu(pre)`` per token, the rest zero (Gao et al. 2024).
-- "batchtopk": in training, the ``k * n_tokens`` largest of ``relu(pre)`` over the whole batch;
-  in eval mode, ``relu(pre)`` where ``pre > threshold`` (the threshold estimated in training).
-- "jumprelu": ``relu(pre)`` where ``pre > threshold`` (per latent), as in Gemma Scope.
+The architecture ("relu", "topk", "batchtopk", "jumprelu", or any registered since) is a
+name in the registry of `mechscope.sae.architectures`, which holds everything that differs
+between them.
 """
 
 from __future__ import annotations
@@ -22,8 +19,8 @@ import torch
 from torch import nn
 
 from ..errors import SelectionError
-
-ARCHITECTURES = ("relu", "topk", "batchtopk", "jumprelu")
+from .architectures import Architecture, get_architecture
+from .splice import SAESplice
 
 
 @dataclass
@@ -42,16 +39,18 @@ class SAEConfig:
     model_name: str = ""
 
     def __post_init__(self) -> None:
-        if self.architecture not in ARCHITECTURES:
-            raise SelectionError(f"unknown SAE architecture {self.architecture!r}; choose from {', '.join(ARCHITECTURES)}")
-        if self.architecture in ("topk", "batchtopk") and not (self.k and 0 < self.k <= self.d_sae):
-            raise SelectionError(f"{self.architecture} needs 0 < k <= d_sae = {self.d_sae}, got k = {self.k}")
+        self.arch.validate(self)
         if self.d_in < 1 or self.d_sae < 1:
             raise SelectionError(f"d_in and d_sae must be positive, got {self.d_in}, {self.d_sae}")
         if self.skip_connection and not self.is_transcoder:
             raise SelectionError("a skip connection belongs to a transcoder (set d_out)")
         if self.is_transcoder:
             self.pre_encoder_bias = False  # b_dec lives in the output space
+
+    @property
+    def arch(self) -> Architecture:
+        """The registered `Architecture` named by ``architecture``."""
+        return get_architecture(self.architecture)
 
     @property
     def is_transcoder(self) -> bool:
@@ -67,8 +66,9 @@ class SAEConfig:
 
 class SAE(nn.Module):
     """Parameters (fp32 unless converted): ``W_enc`` `[d_in, d_sae]`, ``b_enc`` `[d_sae]`,
-    ``W_dec`` `[d_sae, d_output]`, ``b_dec`` `[d_output]`, ``threshold`` `[d_sae]` (jumprelu,
-    batchtopk; zeros otherwise), ``W_skip`` `[d_in, d_output]` (transcoders with a skip)."""
+    ``W_dec`` `[d_sae, d_output]`, ``b_dec`` `[d_output]`, ``threshold`` `[d_sae]` (used by
+    thresholded architectures such as jumprelu and batchtopk, trained where the architecture
+    says so; zeros otherwise), ``W_skip`` `[d_in, d_output]` (transcoders with a skip)."""
 
     def __init__(self, cfg: SAEConfig):
         super().__init__()
@@ -77,7 +77,7 @@ class SAE(nn.Module):
         self.b_enc = nn.Parameter(torch.zeros(cfg.d_sae))
         self.W_dec = nn.Parameter(torch.zeros(cfg.d_sae, cfg.d_output))
         self.b_dec = nn.Parameter(torch.zeros(cfg.d_output))
-        self.threshold = nn.Parameter(torch.zeros(cfg.d_sae), requires_grad=cfg.architecture == "jumprelu")
+        self.threshold = nn.Parameter(torch.zeros(cfg.d_sae), requires_grad=cfg.arch.trains_threshold)
         self.W_skip = nn.Parameter(torch.zeros(cfg.d_in, cfg.d_output)) if cfg.skip_connection else None
 
     def pre_activation(self, x: torch.Tensor) -> torch.Tensor:
@@ -88,21 +88,9 @@ class SAE(nn.Module):
         return x @ self.W_enc + self.b_enc
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """Latents `[..., d_sae]` of ``x`` `[..., d_in]`."""
-        pre = self.pre_activation(x)
-        arch = self.cfg.architecture
-        acts = torch.relu(pre)
-        if arch == "topk":
-            top = acts.topk(self.cfg.k, dim=-1)
-            return torch.zeros_like(acts).scatter(-1, top.indices, top.values)
-        if arch == "batchtopk" and self.training:
-            flat = acts.reshape(-1)
-            n_tokens = acts.numel() // self.cfg.d_sae
-            top = flat.topk(min(self.cfg.k * n_tokens, flat.numel()))
-            return torch.zeros_like(flat).scatter(0, top.indices, top.values).reshape(acts.shape)
-        if arch in ("jumprelu", "batchtopk"):
-            return acts * (pre > self.threshold)
-        return acts
+        """Latents `[..., d_sae]` of ``x`` `[..., d_in]` (the architecture's activation of
+        `pre_activation`; batchtopk's differs between training and eval mode)."""
+        return self.cfg.arch.encode(self, self.pre_activation(x))
 
     def decode(self, latents: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
         """Reconstruction `[..., d_output]` of latents `[..., d_sae]`; a transcoder with a skip
@@ -144,5 +132,3 @@ class SAE(nn.Module):
         if x.shape[-1] != width:
             raise SelectionError(f"SAE {what} must be [..., {width}], got shape {tuple(x.shape)}")
 
-
-from .splice import SAESplice  # noqa: E402  TEMP: moves to the top once store.py stops importing train.py

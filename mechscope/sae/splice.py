@@ -23,10 +23,10 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from ..data.harvest import massive_tokens
 from ..errors import SelectionError
 from ..models.extension import Fire, NewPoint
 from ..models.hook_points import HookPoint
-from .store import massive_tokens
 
 if TYPE_CHECKING:
     from ..models.hooked import HookedModel
@@ -87,7 +87,7 @@ def splice_hooks(sae: SAE, *, keep_error: bool = False, edit: LatentEdit | None 
     edit: ``fn(latents [batch, pos, d_sae]) -> latents`` applied before decoding (clamp, scale,
       zero latents). skip_first: leave position 0 (the attention sink, whose norm dwarfs the
       others) as it is. outlier_ratio: also leave the tokens whose input norm is over this many
-      times the batch's median (`store.massive_tokens`) as they are.
+      times the batch's median (`data.harvest.massive_tokens`) as they are.
     """
     return _hooks(sae, keep_error=keep_error, edit=edit, skip_first=skip_first, fire=_unchanged,
                   outlier_ratio=outlier_ratio)

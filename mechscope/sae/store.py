@@ -1,11 +1,12 @@
-"""Activations for SAE training: harvested from a model, shuffled across sequences, and cached
-on disk in sharded safetensors so several SAEs can train from one harvest.
+"""The SAE-specific activation cache: harvests (`mechscope.data.harvest`) written to disk in
+sharded safetensors, so several SAEs can train from one harvest, and read back as shuffled
+training batches.
 
     spec = StoreSpec("smollm2-135m", ("blocks.15.resid_post",), context_size=128, corpus="wikipedia")
-    chunks = harvest(model, spec.hook_names, windows.split(32))          # one forward per batch
-    write_shards("acts/", spec, chunks)                                   # atomic, with metadata
-    for batch in ShuffleBuffer(capacity=65536).mix(read_shards("acts/", spec), batch_size=4096):
-        ...                                                              # {name: [4096, d]}
+    harvest_to_disk(model, spec, windows, "acts/")                     # resumable, shard by shard
+    batches = training_batches("acts/", spec, batch_size=4096)          # () -> iterator of (x, target)
+    for x, target in batches():
+        ...                                                             # [4096, d_in], [4096, d_out]
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import hashlib
 import json
 import os
 import shutil
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -23,11 +24,10 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from ..errors import MechscopeError, SelectionError
+from ..data.harvest import Chunk, ShuffleBuffer, cat_chunks, harvest, massive_tokens, n_rows
+from ..distributed import local_rows
+from ..errors import ActivationCacheError, ActivationCacheMismatchError, SelectionError
 from ..models.hooked import HookedModel
-from .train import local_rows
-
-Chunk = dict[str, torch.Tensor]  # activation name -> [n_tokens, d]
 
 
 @dataclass(frozen=True)
@@ -44,91 +44,6 @@ class StoreSpec:
     model_dtype: str = "float32"  # the model ran in
 
 
-def harvest(model: HookedModel, names: Sequence[str], batches: Iterable[torch.Tensor], *,
-            skip_special: bool = True, skip_first: bool = True,
-            dtype: torch.dtype = torch.float32) -> Iterator[Chunk]:
-    """For each batch of token ids `[b, ctx]`, one forward recording every name in ``names``;
-    yields ``{name: [n_tokens, d]}`` on the CPU.
-
-    The forward stops after the deepest block it needs (when every name is inside a block).
-    skip_special: drop the tokenizer's special tokens (BOS, padding...). skip_first: drop
-    position 0 of every row, the attention sink whose residual norm dwarfs every other
-    position's (SmolLM2: ~23,700 against a median of ~171) whether or not it is a BOS token.
-    """
-    names = list(names)
-    for batch in batches:
-        acts = run_to(model, names, batch)
-        keep = token_mask(model, batch, skip_special=skip_special, skip_first=skip_first).reshape(-1)
-        yield {name: acts[name].reshape(-1, acts[name].shape[-1])[keep.to(acts[name].device)].to("cpu", dtype)
-               for name in names}
-
-
-def run_to(model: HookedModel, names: Sequence[str], tokens: torch.Tensor) -> dict[str, torch.Tensor]:
-    """``{name: activation}`` of one no-grad forward on token ids `[b, ctx]` that stops after
-    the deepest block it needs (runs to the end when a name is outside the blocks)."""
-    return dict(model.run_with_cache(tokens, list(names), stop_early=True)[1])
-
-
-def massive_tokens(acts: torch.Tensor, ratio: float | None) -> torch.Tensor:
-    """`[...]` bool: tokens of ``acts`` `[..., d]` whose norm exceeds ``ratio`` times the median
-    norm of all of them (all False when ``ratio`` is None). These are attention-sink outliers:
-    on SmolLM2's blocks.15.resid_post about 0.03% of tokens past position 0 (mostly position 1
-    of windows that start mid-document) reach norms of ~24,000 against a median of ~174 and
-    carry ~90% of the variance, so they are left out of SAE training, metrics and splicing."""
-    if ratio is None:
-        return torch.zeros(acts.shape[:-1], dtype=torch.bool, device=acts.device)
-    norms = acts.float().norm(dim=-1)
-    return norms > ratio * norms.median()
-
-
-def token_mask(model: HookedModel, tokens: torch.Tensor, *, skip_special: bool = True,
-               skip_first: bool = True) -> torch.Tensor:
-    """`[b, ctx]` bool: True where a token's activations count (not one of the tokenizer's
-    special tokens with ``skip_special``, not position 0 with ``skip_first``)."""
-    tokenizer = model.tokenizer
-    special = sorted(set(getattr(tokenizer, "all_special_ids", []) or [])) if skip_special and tokenizer else []
-    keep = ~torch.isin(tokens.cpu(), torch.tensor(special, dtype=tokens.dtype))
-    if skip_first:
-        keep[:, 0] = False
-    return keep
-
-
-class ShuffleBuffer:
-    """Mixes tokens across many sequences: holds up to ``capacity`` tokens and, once full,
-    emits random batches from it, so consecutive batches do not come from a few documents."""
-
-    def __init__(self, capacity: int, *, seed: int = 0):
-        if capacity < 1:
-            raise SelectionError(f"buffer capacity must be positive, got {capacity}")
-        self.capacity = capacity
-        self.generator = torch.Generator().manual_seed(seed)
-
-    def mix(self, chunks: Iterable[Chunk], batch_size: int) -> Iterator[Chunk]:
-        """Batches ``{name: [batch_size, d]}`` (the last one smaller) of every token of ``chunks``,
-        each exactly once, in an order shuffled within the buffer."""
-        held: Chunk = {}
-        for chunk in chunks:
-            held = chunk if not held else {k: torch.cat([held[k], chunk[k]]) for k in held}
-            while _rows(held) >= self.capacity:
-                held = self._shuffled(held)
-                n_out = max(batch_size, (_rows(held) - self.capacity // 2) // batch_size * batch_size)
-                for start in range(0, n_out, batch_size):
-                    yield {k: v[start : start + batch_size] for k, v in held.items()}
-                held = {k: v[n_out:] for k, v in held.items()}
-        if held and _rows(held):
-            held = self._shuffled(held)
-            for start in range(0, _rows(held), batch_size):
-                yield {k: v[start : start + batch_size] for k, v in held.items()}
-
-    def _shuffled(self, held: Chunk) -> Chunk:
-        order = torch.randperm(_rows(held), generator=self.generator)
-        return {k: v[order] for k, v in held.items()}
-
-
-def _rows(chunk: Chunk) -> int:
-    return next(iter(chunk.values())).shape[0]
-
-
 def write_shards(path: str | os.PathLike, spec: StoreSpec, chunks: Iterable[Chunk], *,
                  shard_tokens: int = 262144) -> int:
     """Write ``chunks`` as safetensors shards of ``shard_tokens`` tokens plus ``spec.json``;
@@ -143,14 +58,14 @@ def write_shards(path: str | os.PathLike, spec: StoreSpec, chunks: Iterable[Chun
     for chunk in chunks:
         if set(chunk) != set(spec.hook_names):
             raise SelectionError(f"chunk has {sorted(chunk)}, the spec says {list(spec.hook_names)}")
-        pending = chunk if not pending else {k: torch.cat([pending[k], chunk[k]]) for k in pending}
-        while _rows(pending) >= shard_tokens:
+        pending = chunk if not pending else cat_chunks([pending, chunk])
+        while n_rows(pending) >= shard_tokens:
             _save_shard(tmp, n_shards, {k: v[:shard_tokens] for k, v in pending.items()})
             pending = {k: v[shard_tokens:] for k, v in pending.items()}
             n_shards, n_tokens = n_shards + 1, n_tokens + shard_tokens
-    if pending and _rows(pending):
+    if pending and n_rows(pending):
         _save_shard(tmp, n_shards, pending)
-        n_shards, n_tokens = n_shards + 1, n_tokens + _rows(pending)
+        n_shards, n_tokens = n_shards + 1, n_tokens + n_rows(pending)
     (tmp / "spec.json").write_text(json.dumps({**asdict(spec), "n_tokens": n_tokens, "n_shards": n_shards}))
     if path.exists():
         shutil.rmtree(path)
@@ -177,8 +92,9 @@ def harvest_to_disk(model: HookedModel, spec: StoreSpec, windows: torch.Tensor, 
     if (path / "spec.json").is_file():
         stored = _check_spec(path, spec)
         if stored.get("windows_sha1") != fingerprint:
-            raise SelectionError(f"the activation cache at {str(path)!r} was harvested from other token windows "
-                                 "(another corpus order, seed, held-out split or length): use another folder")
+            raise ActivationCacheMismatchError(
+                f"the activation cache at {str(path)!r} was harvested from other token windows "
+                "(another corpus order, seed, held-out split or length): use another folder")
         return stored["n_tokens"]
     tmp = path.with_name(path.name + ".partial")
     tmp.mkdir(parents=True, exist_ok=True)
@@ -198,7 +114,7 @@ def harvest_to_disk(model: HookedModel, spec: StoreSpec, windows: torch.Tensor, 
             chunks = list(harvest(model, spec.hook_names, rows.split(batch_size), skip_special=spec.skip_special,
                                   skip_first=spec.skip_first, dtype=dtype))
             part = shard.with_name(shard.name + ".tmp")
-            save_file({k: torch.cat([c[k] for c in chunks]).contiguous() for k in spec.hook_names}, str(part))
+            save_file({k: v.contiguous() for k, v in cat_chunks(chunks).items()}, str(part))
             os.replace(part, shard)
         bar.update(len(rows))
     bar.close()
@@ -224,15 +140,16 @@ def read_shards(path: str | os.PathLike, expect: StoreSpec) -> Iterator[Chunk]:
     path = Path(path)
     spec_file = path / "spec.json"
     if not spec_file.is_file():
-        raise MechscopeError(f"no activation cache at {str(path)!r} (spec.json missing; an interrupted "
-                             "harvest leaves only a .partial folder)")
+        raise ActivationCacheError(f"no activation cache at {str(path)!r} (spec.json missing; an interrupted "
+                                   "harvest leaves only a .partial folder)")
     stored = _check_spec(path, expect)
     for index in range(stored["n_shards"]):
         shard = path / f"shard_{index:05d}.safetensors"
         try:
             yield load_file(str(shard))
         except (OSError, SafetensorError) as e:
-            raise MechscopeError(f"cannot read activation shard {str(shard)!r} (missing or corrupt): {e}") from e
+            raise ActivationCacheError(
+                f"cannot read activation shard {str(shard)!r} (missing or corrupt): {e}") from e
 
 
 def _check_spec(path: Path, expect: StoreSpec) -> dict:
@@ -241,7 +158,8 @@ def _check_spec(path: Path, expect: StoreSpec) -> dict:
     differing = {k: (stored.get(k), v) for k, v in asdict(expect).items() if stored.get(k) != v}
     if differing:
         detail = "; ".join(f"{k}: cached {a!r}, wanted {b!r}" for k, (a, b) in differing.items())
-        raise SelectionError(f"the activation cache at {str(path)!r} was harvested differently: {detail}")
+        raise ActivationCacheMismatchError(
+            f"the activation cache at {str(path)!r} was harvested differently: {detail}")
     return stored
 
 
@@ -259,7 +177,7 @@ def training_batches(path: str | os.PathLike, spec: StoreSpec, batch_size: int, 
     target_name = target_name or input_name
     for name in (input_name, target_name):
         if name not in spec.hook_names:
-            raise SelectionError(f"{name!r} is not in the cache (it holds {list(spec.hook_names)})")
+            raise ActivationCacheMismatchError(f"{name!r} is not in the cache (it holds {list(spec.hook_names)})")
 
     def without_outliers(chunks: Iterable[Chunk]) -> Iterator[Chunk]:
         for chunk in chunks:
@@ -270,7 +188,7 @@ def training_batches(path: str | os.PathLike, spec: StoreSpec, batch_size: int, 
         for epoch in range(epochs):
             buffer = ShuffleBuffer(buffer_tokens, seed=seed + epoch)
             for batch in buffer.mix(without_outliers(read_shards(path, spec)), batch_size):
-                if _rows(batch) == batch_size:  # the short tail is dropped: every step sees a full batch
+                if n_rows(batch) == batch_size:  # the short tail is dropped: every step sees a full batch
                     x, target = batch[input_name], batch[target_name]
                     yield (local_rows(x), local_rows(target)) if split_across_ranks else (x, target)
 

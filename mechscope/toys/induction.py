@@ -9,10 +9,10 @@ vary from row to row, only by content: an induction circuit (a previous-token he
 K-composition, an induction head in layer 1). A fixed span length would let layer 0
 solve it by position alone, which is not induction.
 
-Training is deterministic given the seed (step ``i`` draws its batch from a generator
-seeded with ``(seed, i)``), checkpoints atomically every ``checkpoint_every`` steps, and
-resumes from the last checkpoint with ``resume=True``: the final weights equal those of an
-uninterrupted run.
+Training (`mechscope.training`) is deterministic given the seed (step ``i`` draws its batch
+from a generator seeded with ``(seed, i)``), checkpoints atomically every
+``checkpoint_every`` steps, and resumes from the last checkpoint with ``resume=True``: the
+final weights equal those of an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -26,11 +26,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from ..checkpoint import load_checkpoint, save_checkpoint
+from ..models.functional import next_token_loss
 from ..models.hooked import HookedModel
+from ..paths import cache_path
+from ..training import TrainingLoop, step_generator
 
 
 @dataclass(frozen=True)
@@ -54,7 +55,7 @@ class InductionToyConfig:
 def repeated_span_batch(config: InductionToyConfig, step: int) -> torch.Tensor:
     """The deterministic batch of ``step``: LongTensor `[batch, seq_len]`; each row is a random
     prefix followed by a random segment of random length repeated to the end."""
-    generator = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
+    generator = step_generator(config.seed, step)
     tokens = torch.randint(0, config.d_vocab, (config.batch, config.seq_len), generator=generator)
     lengths = torch.randint(config.min_span, config.max_span + 1, (config.batch,), generator=generator).tolist()
     prefixes = torch.randint(0, config.max_prefix + 1, (config.batch,), generator=generator).tolist()
@@ -102,44 +103,34 @@ def train_induction_model(out_dir: str | os.PathLike, config: InductionToyConfig
     model = build_model(config)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=config.lr, betas=(0.9, 0.98), weight_decay=0.0)
-    checkpoint = out / "checkpoint.safetensors"
-    start = 0
-    if resume and checkpoint.is_file():
-        tensors, meta = load_checkpoint(checkpoint, optimizer)
-        if meta["config"] != asdict(config):
-            raise ValueError(f"checkpoint {checkpoint} was written with another config: {meta['config']}")
-        model.load_state_dict(tensors, strict=False)
-        start = meta["step"]
+    loop = TrainingLoop(config.steps, optimizer=optimizer, checkpoint=out / "checkpoint.safetensors",
+                        checkpoint_every=config.checkpoint_every, settings=asdict(config), resume=resume,
+                        stop_after=stop_after, progress=progress, desc="induction toy")
+    restored = loop.restore()
+    if restored is not None:
+        model.load_state_dict(restored, strict=False)
     (out / "train_config.json").write_text(json.dumps(asdict(config), indent=1))
     model.train()
-    bar = tqdm(range(start, config.steps), initial=start, total=config.steps, disable=not progress, desc="induction toy")
     began = time.perf_counter()
-    for step in bar:
-        tokens = repeated_span_batch(config, step)
+
+    def step(index: int) -> dict[str, str] | None:
+        tokens = repeated_span_batch(config, index)
         for group in optimizer.param_groups:
-            group["lr"] = _lr(config, step)
-        logits = model(tokens).logits
-        loss = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), tokens[:, 1:].flatten())
+            group["lr"] = _lr(config, index)
+        loss = next_token_loss(model(tokens).logits, tokens)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        if step % 50 == 0:
-            bar.set_postfix(loss=f"{loss.item():.3f}")
-        done = step + 1
-        if done % config.checkpoint_every == 0 or done == config.steps or done == stop_after:
-            save_checkpoint(checkpoint, model.state_dict(), {"config": asdict(config), "step": done,
-                            "seconds": time.perf_counter() - began}, optimizer)
-        if stop_after is not None and done >= stop_after and done < config.steps:
-            model.eval()
-            return HookedModel(model)
+        return {"loss": f"{loss.item():.3f}"} if index % 50 == 0 and loop.show_progress else None
+
+    finished = loop.run(step, lambda: (model.state_dict(), {"seconds": time.perf_counter() - began}))
     model.eval()
-    model.save_pretrained(final_dir)
+    if finished:
+        model.save_pretrained(final_dir)
     return HookedModel(model)
 
 
 def cached_induction_model(config: InductionToyConfig = InductionToyConfig(), *, progress: bool = True) -> HookedModel:
     """The toy for ``config``, trained once and kept under ``$MECHSCOPE_CACHE/toys`` (keyed by the config)."""
-    from ..models.bundled import cache_root
-
     key = hashlib.sha256(json.dumps(asdict(config), sort_keys=True).encode()).hexdigest()[:12]
-    return train_induction_model(cache_root() / "toys" / f"induction-{key}", config, progress=progress)
+    return train_induction_model(cache_path("toys", f"induction-{key}"), config, progress=progress)

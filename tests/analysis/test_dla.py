@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from mechscope import PerPrompt
@@ -21,7 +22,9 @@ def test_parts_sum_to_the_logit_difference(tiny):
     assert result.per_head().shape == (3, layers, heads)
     rest = result.values[:, [result.labels.index(n) for n in result.labels if n in ("embed", "pos_embed", "bias")]]
     torch.testing.assert_close(result.per_layer().sum((1, 2)) + rest.sum(-1), result.total, atol=1e-4, rtol=0)
-    assert len(result.to_dataframe().columns) == len(result.labels)
+    frame = result.to_dataframe()
+    assert len(frame) == 3 * len(result.labels) and list(frame.component[: len(result.labels)]) == result.labels
+    assert result.top(1)["value"].iloc[0] == pytest.approx(result.values.mean(0)[result.values.mean(0).abs().argmax()].item())
 
 
 def test_one_head_by_hand(tiny):
@@ -33,7 +36,7 @@ def test_one_head_by_hand(tiny):
     result = direct_logit_attribution(model, tiny.tokens, 5, position=positions)
     final = f"blocks.{model.cfg.n_layers - 1}.resid_post"
     _, cache = model.run_with_cache(tiny.tokens, ["blocks.1.attn.z", final], positions=positions)
-    norm = model.hf.get_submodule(model.adapter.weights.ln_final)
+    norm = model.hf.get_submodule(model.adapter.components.ln_final)
     x = cache[final]
     if model.adapter.norm.kind == "rms":
         inv = torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + norm_eps(norm))

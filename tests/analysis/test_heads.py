@@ -54,8 +54,9 @@ def test_forced_previous_token_pattern_scores_one(tiny):
         result = head_scores(model, tiny.tokens, custom={"diagonal": torch.eye(n, dtype=torch.bool)})
     assert torch.allclose(result.scores["previous_token"][0], torch.ones(model.cfg.n_heads))
     assert torch.allclose(result.scores["diagonal"][0], torch.full((model.cfg.n_heads,), 1 / n))  # only query 0
-    assert result.top("previous_token", 1)[0][0] == 0
-    assert set(result.to_dataframe().columns) >= {"layer", "head", "induction", "diagonal"}
+    assert result.top(1, kind="previous_token")["layer"].iloc[0] == 0
+    frame = result.to_dataframe()
+    assert list(frame.columns) == ["kind", "layer", "head", "score"] and {"induction", "diagonal"} <= set(frame.kind)
 
 
 def test_average_all_divides_by_every_query(tiny):

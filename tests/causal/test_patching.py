@@ -48,10 +48,12 @@ def test_result_tables(tiny):
     result = activation_patching(tiny.model, _pairs(), "heads", per_position=True)
     frame = result.to_dataframe()
     assert list(frame.columns) == ["layer", "head", "pos", "normalized", "metric"] and len(frame) == 2 * 4 * 8
-    layer, head, pos, value = result.top(1)[0]
+    best = result.top(1).iloc[0]
+    layer, head, pos, value = int(best.layer), int(best["head"]), int(best.pos), best.normalized
     assert value == pytest.approx(float(result.values[layer, head, pos]))
     assert abs(value) == pytest.approx(float(result.values.abs().max()))  # denoising: distance from 0
-    assert result.heatmap().count("<tr>") == 2 * 4 + 1
+    fig = result.plot()  # rows L{l}H{h}, columns positions
+    assert fig.data[0].z.shape == (2 * 4, 8) and fig.data[0].y[5] == "L1H1" and fig.data[0].zmid == 0
 
 
 def test_identities(tiny):

@@ -136,10 +136,13 @@ def test_result_table_and_heatmap():
     layer, pos, prob = trace.peak("resid")
     assert prob == pytest.approx(float(trace.scores["resid"].max()))
     assert float(trace.scores["resid"][layer, pos]) == prob
-    html = trace.heatmap()
-    assert html.count("<table") == 2 and "*</th>" in html and trace.heatmap("resid").count("<table") == 1
+    fig = trace.plot()
+    assert len(fig.data) == 2 and fig.data[0].y[SUBJECT[0]].endswith("*") and len(trace.plot(kind="resid").data) == 1
+    assert fig.data[0].z.shape == (n_tokens, n_layers)  # tokens x layers, as in ROME
+    assert trace.top(1, kind="mlp")["indirect_effect"].iloc[0] == pytest.approx(
+        float(trace.scores["mlp"].max()) - trace.corrupted_prob)
     with pytest.raises(SelectionError, match="not 'attn'"):
-        trace.heatmap("attn")
+        trace.plot(kind="attn")
 
 
 def test_bad_arguments_are_clear_errors():

@@ -93,7 +93,7 @@ def test_logits_from_final_norm_and_unembedding(tiny):
 
 def test_folded_weights_read_normalised_input(tiny):
     model = tiny.model
-    layout = model.adapter.weights
+    layout = model.adapter.components
     if layout.ln1 is None:
         return  # OLMo 2: nothing precedes attention
     _, cache = model.run_with_cache(tiny.tokens)

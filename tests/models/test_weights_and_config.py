@@ -46,7 +46,7 @@ def test_gqa_expansion_repeats_kv_heads(tiny):
 def test_unfolded_views_share_storage_with_parameters(tiny):
     model = tiny.model
     w_o = model.W_O[0]
-    param = model.hf.get_submodule(f"{model.adapter.layers}.0.{model.adapter.weights.o.path}").weight
+    param = model.hf.get_submodule(f"{model.adapter.layers}.0.{model.adapter.components.o.path}").weight
     assert w_o.untyped_storage().data_ptr() == param.untyped_storage().data_ptr()
 
 

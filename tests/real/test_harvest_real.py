@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from mechscope.sae.store import harvest
+from mechscope.data.harvest import harvest
 
 NAMES = ("blocks.3.resid_post", "blocks.5.mlp.out")
 

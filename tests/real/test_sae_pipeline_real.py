@@ -8,7 +8,8 @@ import torch
 
 import mechscope as ms
 from mechscope.data.corpora import packed_windows, wikipedia
-from mechscope.sae.store import StoreSpec, harvest_to_disk, massive_tokens, run_to, training_batches
+from mechscope.data.harvest import massive_tokens
+from mechscope.sae.store import StoreSpec, harvest_to_disk, training_batches
 
 HOOK = "blocks.15.resid_post"
 
@@ -22,7 +23,7 @@ def test_train_evaluate_attach_on_smollm2(smol, tmp_path):
 
     # Position 0 of a window without BOS is an attention sink: the outlier rule flags all of
     # them and almost nothing else.
-    flagged = massive_tokens(run_to(smol, [HOOK], train[:64])[HOOK], 10.0)
+    flagged = massive_tokens(smol.run_with_cache(train[:64], HOOK, stop_early=True)[1][HOOK], 10.0)
     assert flagged[:, 0].all() and flagged[:, 1:].float().mean() < 0.01
 
     sae = ms.SAE(ms.SAEConfig(d_in=576, d_sae=1152, architecture="topk", k=16, hook_name=HOOK,
@@ -37,10 +38,10 @@ def test_train_evaluate_attach_on_smollm2(smol, tmp_path):
     features = ms.collect_features(smol, sae, held_out, batch_size=8, progress=False)
     assert features.n_tokens == result.n_tokens  # the same tokens count: no position 0, EOS or outliers
     torch.testing.assert_close(features.density.float(), result.density.float(), atol=1e-6, rtol=0)
-    report = features.latent(int(features.fire_counts.argmax()), n_top=3)
-    assert report.top[0].max_value == pytest.approx(float(features.window_max.max(0).values[report.latent]), abs=1e-4)
+    report = features.latent(smol, sae, int(features.fire_counts.argmax()), n_top=3)
+    assert report.top_examples[0].max_value == pytest.approx(float(features.window_max.max(0).values[report.latent]), abs=1e-4)
     assert len(report.promoted) == 10 and all(isinstance(t, str) for t, _ in report.promoted)
-    assert "<!DOCTYPE html>" in features.dashboard(tmp_path / "dash.html", [report.latent]).read_text()
+    assert "<!DOCTYPE html>" in features.dashboard(smol, sae, tmp_path / "dash.html", [report.latent]).read_text()
 
     with smol.saes(sae, keep_error=True):
         logits, cache = smol.run_with_cache(held_out[:2], f"{HOOK}.sae.latents")

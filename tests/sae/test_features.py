@@ -38,7 +38,7 @@ def setup():
 
 
 def test_statistics_equal_the_brute_force(setup):
-    _model, _sae, _windows, features, latents = setup
+    model, sae, _windows, features, latents = setup
     torch.testing.assert_close(features.window_max, latents.max(1).values)
     assert torch.equal(features.fire_counts, (latents != 0).sum((0, 1)))
     assert features.n_tokens == 11 * 7
@@ -48,16 +48,16 @@ def test_statistics_equal_the_brute_force(setup):
     column = latents[..., j][latents[..., j] != 0]
     expected = torch.histogram(column.clamp(1e-3, 999.0), bins=HISTOGRAM_EDGES).hist.long()
     assert torch.equal(features.histogram[j], expected)
-    torch.testing.assert_close(features.token_activations([3, 5], [j, 0]), latents[[3, 5]][..., [j, 0]])
+    torch.testing.assert_close(features.token_activations(model, sae, [3, 5], [j, 0]), latents[[3, 5]][..., [j, 0]])
 
 
 def test_reports_rank_contexts_and_cover_the_quantiles(setup):
-    model, _sae, windows, features, latents = setup
+    model, sae, windows, features, latents = setup
     j = int(features.fire_counts.argmax())
-    report = features.latent(j, n_top=4, n_quantiles=3, per_quantile=2)
+    report = features.latent(model, sae, j, n_top=4, n_quantiles=3, per_quantile=2)
     order = latents[..., j].max(1).values.argsort(descending=True)
-    assert [e.window for e in report.top] == order[:4].tolist()
-    best = report.top[0]
+    assert [e.window for e in report.top_examples] == order[:4].tolist()
+    best = report.top_examples[0]
     assert best.max_value == pytest.approx(float(latents[..., j].max()), abs=1e-4)  # rounded to 4 decimals
     assert best.values[best.peak] == best.max_value
     assert model.tokenizer is None and best.tokens == [str(i) for i in windows[best.window].tolist()]
@@ -65,16 +65,16 @@ def test_reports_rank_contexts_and_cover_the_quantiles(setup):
     assert lows == sorted(lows) and report.quantiles[-1]["high"] == pytest.approx(report.max_activation)
     for group in report.quantiles:
         assert all(group["low"] - 1e-4 <= e.max_value <= group["high"] + 1e-4 for e in group["examples"])
-    cut = features.latent(j, n_top=4, context=(2, 1)).top[0]  # 2 tokens before the peak, 1 after
+    cut = features.latent(model, sae, j, n_top=4, context=(2, 1)).top_examples[0]  # 2 tokens before the peak, 1 after
     assert cut.tokens == best.tokens[cut.start : cut.start + len(cut.tokens)] and len(cut.tokens) <= 4
     assert cut.start + cut.peak == best.peak and cut.values[cut.peak] == best.max_value
     with pytest.raises(ms.SelectionError, match="out of range"):
-        features.latent(32)
+        features.latent(model, sae, 32)
 
 
 def test_logit_effects_are_the_unembedded_decoder_direction(setup):
     model, sae, _windows, features, _latents = setup
-    features_k = features.logit_effects([0, 7], k=5)
+    features_k = features.logit_effects(model, sae, [0, 7], k=5)
     for (promoted, suppressed), j in zip(features_k, [0, 7]):
         row = sae.W_dec[j].detach()
         with torch.no_grad():
@@ -88,9 +88,9 @@ def test_logit_effects_are_the_unembedded_decoder_direction(setup):
 
 
 def test_exports(setup, tmp_path):
-    _model, _sae, _windows, features, _latents = setup
+    model, sae, _windows, features, _latents = setup
     features.labels[1] = "a test label </script>"
-    path = features.to_neuronpedia(tmp_path / "np.json", [1, 2], model_id="tiny-llama")
+    path = features.to_neuronpedia(model, sae, tmp_path / "np.json", [1, 2], model_id="tiny-llama")
     exported = json.loads(path.read_text())
     feature = exported["features"][0]
     assert exported["modelId"] == "tiny-llama" and feature["index"] == "1"
@@ -102,7 +102,7 @@ def test_exports(setup, tmp_path):
         assert len(activation["tokens"]) == len(activation["values"]) == 8
         assert activation["values"][activation["maxValueTokenIndex"]] == activation["maxValue"]
 
-    page = features.dashboard(tmp_path / "dash.html").read_text()
+    page = features.dashboard(model, sae, tmp_path / "dash.html").read_text()
     assert "http://" not in page and "https://" not in page  # self-contained
     payload = re.search(r'<script type="application/json" id="latents">(.*?)</script>', page, re.DOTALL).group(1)
     reports = json.loads(payload.replace("<\\/", "</"))
@@ -113,3 +113,13 @@ def test_exports(setup, tmp_path):
         (tmp_path / "dash.js").write_text(script)
         check = subprocess.run(["node", "--check", str(tmp_path / "dash.js")], capture_output=True, text=True, check=False)
         assert check.returncode == 0, check.stderr
+
+
+def test_saved_statistics_report_with_the_model_given_and_refuse_another_sae(setup, tmp_path):
+    model, sae, _windows, features, _latents = setup
+    loaded = ms.FeatureData.load(features.save(tmp_path / "features.safetensors"))
+    j = int(features.fire_counts.argmax())
+    assert loaded.latent(model, sae, j, n_top=3) == features.latent(model, sae, j, n_top=3)
+    other = init_sae(ms.SAE(ms.SAEConfig(d_in=64, d_sae=16, architecture="relu", hook_name=HOOK)), seed=1)
+    with pytest.raises(ms.errors.ResultMismatchError, match="16"):
+        loaded.latent(model, other, 0)

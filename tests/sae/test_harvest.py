@@ -14,7 +14,8 @@ from conftest import build_tiny
 
 import mechscope as ms
 from mechscope.data.corpora import CorpusUnavailableError, corpus_texts, mixed_windows, packed_windows
-from mechscope.sae.store import StoreSpec, harvest, harvest_to_disk, read_shards
+from mechscope.data.harvest import harvest
+from mechscope.sae.store import StoreSpec, harvest_to_disk, read_shards
 
 NAMES = ("blocks.0.mlp.out", "blocks.0.resid_post")  # the tiny models have 2 blocks
 

@@ -7,15 +7,9 @@ import pytest
 import torch
 
 import mechscope as ms
+from mechscope.data.harvest import ShuffleBuffer, massive_tokens
 from mechscope.sae.splice import splice_hooks
-from mechscope.sae.store import (
-    ShuffleBuffer,
-    StoreSpec,
-    massive_tokens,
-    read_shards,
-    training_batches,
-    write_shards,
-)
+from mechscope.sae.store import StoreSpec, read_shards, training_batches, write_shards
 
 
 def test_shuffle_buffer_emits_each_token_once_and_mixes():

@@ -19,7 +19,8 @@ RANK_SCRIPT = """
 import sys, torch, torch.distributed as dist
 sys.path.insert(0, {tests!r})
 import mechscope as ms
-from mechscope.sae.train import TrainConfig, local_rows, train_sae
+from mechscope.distributed import local_rows
+from mechscope.sae.train import TrainConfig, train_sae
 from test_train import sparse_source
 dist.init_process_group("gloo")
 

@@ -7,7 +7,8 @@ import torch
 from test_train import sparse_source
 
 import mechscope as ms
-from mechscope.sae.train import TrainConfig, _JumpReLU, _Step, fold_scale, init_sae, train_sae
+from mechscope.sae.architectures import _JumpReLU, _Step
+from mechscope.sae.train import TrainConfig, fold_scale, init_sae, train_sae
 
 
 def test_jumprelu_threshold_gradients_are_the_rectangle_kernel_estimates():

@@ -38,8 +38,8 @@ def test_second_copy_is_learned_in_context(toy):
 
 def test_detectors_find_the_circuit_and_composition_links_it(toy):
     model, _, scores = toy
-    induction_layer, induction_head, induction_score = scores.top("induction", 1)[0]
-    prev_layer, prev_head, prev_score = scores.top("previous_token", 1)[0]
+    induction_layer, induction_head, induction_score = scores.top(1, kind="induction").iloc[0][["layer", "head", "score"]]
+    prev_layer, prev_head, prev_score = scores.top(1, kind="previous_token").iloc[0][["layer", "head", "score"]]
     assert induction_layer == 1 and induction_score > 0.4
     assert prev_layer == 0 and prev_score > 0.4
     k_comp = ms.composition_scores(model, "k")[0, :, 1, induction_head]  # from each layer-0 head
@@ -49,8 +49,9 @@ def test_detectors_find_the_circuit_and_composition_links_it(toy):
 def test_ablating_the_induction_head_breaks_copying(toy):
     model, tokens, scores = toy
     _, clean = _copy_losses(model, tokens)
-    layer, head, _ = scores.top("induction", 1)[0]
+    layer, head = (int(v) for v in scores.top(1, kind="induction").iloc[0][["layer", "head"]])
     _, ablated = _copy_losses(model, tokens, [(layer, head)])
-    strong = [(l, h) for l, h, s in scores.top("induction", 8) if s > 0.4]
+    top = scores.top(8, kind="induction")
+    strong = [(int(l), int(h)) for l, h, s in zip(top.layer, top["head"], top.score) if s > 0.4]
     _, all_ablated = _copy_losses(model, tokens, strong)
     assert ablated > 4 * clean and all_ablated > 3.0, (clean, ablated, all_ablated)

@@ -1,14 +1,18 @@
 """The declarative schema every architecture adapter fills in.
 
-An adapter is data: where each canonical activation lives in the Hugging Face module
-tree (`Site`), how the weights are laid out (`WeightLayout`), and which norm the model
-uses (`NormSpec`). The hook engine and the weight views read these tables; no other
-module knows anything about a particular family.
+An adapter is data. Its `Components` name every Hugging Face module of the family once
+(projections, norms, the attention and MLP modules, embeddings); where each canonical
+activation is read (`Site`) is derived from them by one rule set (`derive_sites`), so the
+hook points and the weight views cannot disagree about a path. `NormSpec` says which norm
+the model uses. The hook engine and the weight views read these tables; no other module
+knows anything about a particular family. `verify_adapter` checks a table against the
+family's module tree.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Literal
 
 SiteKind = Literal["input", "input_inplace", "output", "attention", "head_out"]
@@ -70,11 +74,20 @@ class FusedQKV:
 
 
 @dataclass(frozen=True)
-class WeightLayout:
-    """Paths (relative to a block unless noted) of every weight the views expose."""
+class Components:
+    """Every module path of a family, stated once (relative to a block unless noted).
 
+    The canonical activations are read at these modules (see `derive_sites`): ``attn.out`` is
+    the output of ``post_attn_norm`` if the family has one, else of ``o``; ``mlp.out`` of
+    ``post_mlp_norm``, else of ``mlp``; ``mlp.pre`` the output of the gate (or the up
+    projection; the gate half of a fused gate-up); ``mlp.post`` the input of ``mlp_out``;
+    ``resid_mid`` the input of ``ln2`` (or of ``mlp`` without one).
+    """
+
+    attn: str  # the attention module
     o: Proj
-    mlp_out: Proj
+    mlp_out: Proj  # down projection
+    mlp: str = "mlp"  # the MLP module
     mlp_in: Proj | None = None  # up projection; None when fused with the gate
     mlp_gate: Proj | None = None
     mlp_gate_up: Proj | None = None  # fused [gate, up] along the output features
@@ -82,12 +95,39 @@ class WeightLayout:
     k: Proj | None = None
     v: Proj | None = None
     qkv: FusedQKV | None = None
-    ln1: str | None = None  # norm feeding attention (folded into W_Q/W_K/W_V)
-    ln2: str | None = None  # norm feeding the MLP (folded into W_in/W_gate); None: MLP reads ln1
+    ln1: str | None = None  # norm feeding attention (folded into W_Q/W_K/W_V); None: attention reads the residual
+    ln2: str | None = None  # norm feeding the MLP (folded into W_in/W_gate); None: MLP reads ln1 (or the residual)
+    post_attn_norm: str | None = None  # sandwich norm on the attention output (Gemma 2/3, OLMo 2)
+    post_mlp_norm: str | None = None  # sandwich norm on the MLP output
     embed: str = ""  # absolute
     pos_embed: str | None = None  # absolute
     unembed: str = "lm_head"  # absolute
     ln_final: str = ""  # absolute
+
+
+def derive_sites(c: Components, sequential: bool) -> tuple[dict[str, Site], dict[str, Site]]:
+    """``(global sites, block sites)`` of a family from its components; ``resid_mid`` only
+    for families whose blocks can be sequential."""
+    global_sites = {"embed": output(c.embed), "ln_final.out": output(c.ln_final)}
+    if c.pos_embed is not None:
+        global_sites["pos_embed"] = output(c.pos_embed)
+    if c.mlp_gate is not None:
+        pre = output(c.mlp_gate.path)
+    elif c.mlp_in is not None:
+        pre = output(c.mlp_in.path)
+    else:
+        pre = output(c.mlp_gate_up.path, chunk=(0, 2))
+    block: dict[str, Site] = {"resid_pre": input_of("")}
+    if c.ln1 is not None:
+        block["ln1.out"] = output(c.ln1)
+    block["attn.out"] = output(c.post_attn_norm or c.o.path)
+    if sequential:
+        block["resid_mid"] = residual_input_of(c.ln2 or c.mlp)
+    if c.ln2 is not None:
+        block["ln2.out"] = output(c.ln2)
+    block.update({"mlp.pre": pre, "mlp.post": input_of(c.mlp_out.path), "mlp.out": output(c.post_mlp_norm or c.mlp),
+                  "resid_post": output("")})
+    return global_sites, block
 
 
 @dataclass(frozen=True)
@@ -104,10 +144,7 @@ class Adapter:
 
     model_types: tuple[str, ...]
     layers: str  # absolute path of the ModuleList of blocks
-    attention: str  # attention module, relative to a block
-    global_sites: dict[str, Site]  # embed, pos_embed, ln_final.out
-    block_sites: dict[str, Site]  # resid_pre, ln1.out, attn.out, resid_mid, ln2.out, mlp.*, resid_post
-    weights: WeightLayout
+    components: Components
     norm: NormSpec
     positional: Literal["rotary", "learned"]
     gated_mlp: bool
@@ -123,13 +160,35 @@ class Adapter:
     attention_upcast: bool = False
     # Parallel attention + MLP: a bool, or the config attribute that says so.
     parallel: bool | str = False
-    # Sandwich norm applied to the attention output before it joins the residual.
-    attn_out_norm: str | None = None
     # Config attribute holding the final-logit softcap (applied by the CausalLM head).
     final_softcap_attr: str | None = None
     # What a block returns: the hidden states, or a tuple whose first item they are.
     block_output: Literal["tensor", "tuple"] = "tensor"
     docs: str = field(default="", compare=False)
+
+    @property
+    def attention(self) -> str:
+        """The attention module, relative to a block."""
+        return self.components.attn
+
+    @property
+    def attn_out_norm(self) -> str | None:
+        """The sandwich norm applied to the attention output before it joins the residual."""
+        return self.components.post_attn_norm
+
+    @cached_property
+    def _sites(self) -> tuple[dict[str, Site], dict[str, Site]]:
+        return derive_sites(self.components, sequential=self.parallel is not True)
+
+    @property
+    def global_sites(self) -> dict[str, Site]:
+        """``embed``, ``pos_embed``, ``ln_final.out`` -> `Site` (absolute paths)."""
+        return self._sites[0]
+
+    @property
+    def block_sites(self) -> dict[str, Site]:
+        """Block activations -> `Site` (paths relative to a block), derived from the components."""
+        return self._sites[1]
 
     @property
     def attention_entries(self) -> tuple[AttentionEntry, ...]:

@@ -8,26 +8,13 @@ The adapter declares both; the router detects which attention entry the installe
 
 from __future__ import annotations
 
-from .base import Adapter, NormSpec, Proj, WeightLayout, input_of, output, since_transformers
+from .base import Adapter, Components, NormSpec, Proj, since_transformers
 
 GPTJ = Adapter(
     model_types=("gptj",),
     layers="transformer.h",
-    attention="attn",
-    global_sites={
-        "embed": output("transformer.wte"),
-        "ln_final.out": output("transformer.ln_f"),
-    },
-    block_sites={
-        "resid_pre": input_of(""),
-        "ln1.out": output("ln_1"),
-        "attn.out": output("attn.out_proj"),
-        "mlp.pre": output("mlp.fc_in"),
-        "mlp.post": input_of("mlp.fc_out"),
-        "mlp.out": output("mlp"),
-        "resid_post": output(""),
-    },
-    weights=WeightLayout(
+    components=Components(
+        attn="attn",
         q=Proj("attn.q_proj"),
         k=Proj("attn.k_proj"),
         v=Proj("attn.v_proj"),

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 
-from .base import FusedQKV, Proj, output
-from .llama import LLAMA, LLAMA_BLOCK_SITES, LLAMA_WEIGHTS
+from .base import FusedQKV, Proj
+from .llama import LLAMA, LLAMA_COMPONENTS
 
 PHI3 = dataclasses.replace(
     LLAMA,
     model_types=("phi3",),
-    block_sites={**LLAMA_BLOCK_SITES, "mlp.pre": output("mlp.gate_up_proj", chunk=(0, 2))},
-    weights=dataclasses.replace(
-        LLAMA_WEIGHTS,
+    components=dataclasses.replace(
+        LLAMA_COMPONENTS,
         q=None,
         k=None,
         v=None,
