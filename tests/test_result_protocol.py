@@ -87,6 +87,8 @@ def _trace(tiny, sae):
 def _lens(tiny, sae):
     yield ms.logit_lens(tiny.model, tiny.tokens, target="next")  # NaN at the last position
     yield ms.logit_lens(tiny.model, tiny.tokens)
+    yield ms.logit_lens(tiny.model, tiny.tokens, target="next", stats="target_logprob")  # the fast path
+    yield ms.logit_lens(tiny.model, tiny.tokens, target=5, stats="target_rank")
 
 
 def _dla(tiny, sae):
@@ -155,7 +157,7 @@ def _instances():
             for i in range(_COUNTS.get(name, 1))]
 
 
-_COUNTS = {"PatchingResult": 5, "LensResult": 2}
+_COUNTS = {"PatchingResult": 5, "LensResult": 4}
 _BUILT: dict[tuple[str, int], Result] = {}
 
 

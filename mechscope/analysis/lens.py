@@ -68,7 +68,10 @@ class LensResult(Result):
 
     @property
     def _value(self) -> str:  # type: ignore[override]
-        return "target_logprob" if self.target_logprob is not None else "kl_to_final"
+        for name in ("target_logprob", "kl_to_final", "top_logprob", "target_rank"):
+            if getattr(self, name if name != "top_logprob" else "top_logprobs") is not None:
+                return name
+        return "kl_to_final"
 
     def _shape(self) -> tuple[int, int, int]:
         for values in (self.kl_to_final, self.target_logprob, self.top_logprobs, self.target_rank):
