@@ -49,7 +49,9 @@ bench-peers: $(STAMP)
 	test -x .venv-peers/bin/python || python3 -m venv .venv-peers
 	.venv-peers/bin/python -m pip install -q torch==2.13.0
 	echo "torch==2.13.0" > .venv-peers/constraints.txt
-	.venv-peers/bin/python -m pip install -q -c .venv-peers/constraints.txt transformer_lens nnsight sae-lens
+	.venv-peers/bin/python -m pip install -q -c .venv-peers/constraints.txt transformer_lens nnsight sae-lens eai-sparsify
+	# dictionary_learning pins nnsight < 0.4 (and pulls torchvision, diffusers): its SAE classes need none of that.
+	.venv-peers/bin/python -m pip install -q --no-deps dictionary-learning==0.1.0
 	$(PY) bench/hooks.py --peers
 	$(PY) bench/analysis.py
 	$(PY) bench/patching.py --quick

@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 
 import mechscope as ms
+from mechscope.models.hardware import run_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 KINDS = ("previous_token", "duplicate_token", "induction")
@@ -99,8 +100,7 @@ def main() -> None:
     tokens = ms.repeated_random_tokens(args.tokens, batch=args.batch, seed=0)
     assert not (tokens[:, 1:] == tokens[:, :-1]).any(), "consecutive repeats would make the definitions differ"
     print(f"analysis benchmark: bundled SmolLM2-135M, {args.batch} x {2 * args.tokens} repeated random tokens, "
-          f"{torch.get_num_threads()} threads, CPU capability {torch.backends.cpu.get_cpu_capability()}, "
-          f"dtype {str(model.dtype).removeprefix('torch.')}, {args.repeats} interleaved repeats (medians)\n")
+          f"{run_settings(model.dtype)}, {args.repeats} interleaved repeats (medians)\n")
     times: dict[str, list[float]] = {"lens": [], "lens_full": [], "tl.lens": [], "tl.lens_full": []}
     with tempfile.TemporaryDirectory() as tmp, torch.no_grad():
         peer = _start_peer(tokens, tmp)

@@ -157,8 +157,10 @@ def main() -> None:
         print(json.dumps(measure_memory(args.memory_row, DTYPES[dtype_names[0]], args.batch, args.seq)))
         return
 
+    from mechscope.models.hardware import run_settings
+
     print(f"mechscope hooks benchmark: bundled SmolLM2-135M, batch {args.batch} x {args.seq} tokens, "
-          f"{torch.get_num_threads()} threads, median of {args.repeats} interleaved runs\n")
+          f"{run_settings(*(DTYPES[name] for name in dtype_names))}, median of {args.repeats} interleaved runs\n")
     print(f"ms.load('smollm2-135m') from the safetensors cache: {_load_seconds():.2f} s (median of 3)\n")
     header = f"{'dtype':5s} {'row':14s} {'time s':>8s} {'ratio':>7s} {'peak +MiB':>10s} {'cache MiB':>10s} {'entries MiB':>12s}"
     print(header)

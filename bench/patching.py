@@ -31,6 +31,7 @@ from mechscope.causal.attribution import attribution_patching
 from mechscope.causal.patching import activation_patching, patch_one_by_one
 from mechscope.causal.path_patching import path_patching
 from mechscope.data.ioi import ioi
+from mechscope.models.hardware import run_settings
 
 PEERS = Path(__file__).resolve().parents[1] / ".venv-peers" / "bin" / "python"
 
@@ -48,7 +49,7 @@ def main() -> None:
     model = ms.load("smollm2-135m")
     pairs = ioi(model, 6)
     print(f"patching benchmark: bundled SmolLM2-135M, IOI {len(pairs)} x {pairs.clean.shape[1]} tokens, "
-          f"{torch.get_num_threads()} threads\n")
+          f"{run_settings(model.dtype)}\n")
     print(f"{'sweep':24s} {'cells':>6s} {'naive s':>8s} {'batched s':>10s} {'ratio':>7s}  identical  "
           f"{'answer-logits s':>15s} {'ratio':>7s}  max |diff|")
     sweeps = {}

@@ -27,6 +27,7 @@ from safetensors.torch import save_file
 
 import mechscope as ms
 from mechscope.data.corpora import mixed_windows
+from mechscope.models.hardware import default_dtype, dtype_name, run_settings
 from mechscope.sae.store import StoreSpec, harvest_to_disk, read_shards
 
 PEERS = Path(__file__).resolve().parents[1] / ".venv-peers" / "bin" / "python"
@@ -101,13 +102,15 @@ def main() -> None:
     args = parser.parse_args()
     n_windows, steps = (320, 15) if args.quick else (1280, 60)
     torch.manual_seed(0)
-    print(f"SAE benchmark: {HOOK}, d_sae {D_SAE}, batch {BATCH}, {steps} steps per row, {torch.get_num_threads()} threads")
+    harvest_dtype = default_dtype()  # bf16 where this CPU computes in it natively, else fp32
+    print(f"SAE benchmark: {HOOK}, d_sae {D_SAE}, batch {BATCH}, {steps} steps per row, "
+          f"{run_settings(harvest_dtype)} (harvest; training in float32 and bf16 autocast)")
 
-    bf16 = ms.load("smollm2-135m", dtype=torch.bfloat16)
+    bf16 = ms.load("smollm2-135m", dtype=harvest_dtype)
     windows = mixed_windows(bf16.tokenizer, ["wikipedia", "python_stdlib"], 128, seed=0)
     train_windows, held_out = windows[:n_windows], windows[-64:]
     spec = StoreSpec("smollm2-135m", (HOOK,), context_size=128, corpus="wikipedia+python_stdlib", dtype="bfloat16",
-                     model_dtype="bfloat16")
+                     model_dtype=dtype_name(harvest_dtype))
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         start = time.perf_counter()

@@ -15,6 +15,7 @@ import time
 import mechscope as ms
 from mechscope.analysis.tuned_lens import TunedLens, lens_kl, lens_points, train_tuned_lens
 from mechscope.data import corpora
+from mechscope.models.hardware import native_bf16, run_settings
 from mechscope.paths import cache_path
 
 
@@ -33,9 +34,9 @@ def main() -> None:
     if (out / "tuned_lens.json").is_file():
         lens = TunedLens.load(out)
     else:
-        lens = train_tuned_lens(model, train, steps=args.steps, out=out, bf16_matmuls=True)
+        lens = train_tuned_lens(model, train, steps=args.steps, out=out, bf16_matmuls=native_bf16())
     print(f"tuned lens: {args.steps} steps on {train.numel()} tokens, ready in {time.perf_counter() - start:.0f} s "
-          f"({out})\n")
+          f"({out}); {run_settings(model.dtype)} (bf16 unembedding matmuls while training where native)\n")
     logit = lens_kl(model, held_out)
     tuned = lens_kl(model, held_out, lens)
     print(f"held-out: {held_out.shape[0]} windows x 128 tokens from {len(texts) - 90} unseen articles "

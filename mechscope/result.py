@@ -262,3 +262,10 @@ def layer_head_label(layer: int, head: int) -> str:
     """``"L3H5"``: how results name a head."""
     return f"L{layer}H{head}"
 
+
+def position_labels(token_labels: list[str]) -> list[str]:
+    """``["0 When", "1 ·Mary", ...]``: labels of a position axis, from the tokens' display labels
+    (`mechscope.models.tokens.token_labels`); the position keeps them unique where a token
+    repeats (a figure's category axis would merge equal labels)."""
+    return [f"{i} {label}" for i, label in enumerate(token_labels)]
+

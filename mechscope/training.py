@@ -16,7 +16,9 @@ Exactness: the data of step ``i`` depends on ``(seed, i)`` only (`step_generator
 ``i``-th item of a deterministic source that a resumed run replays (`StepBatches`), and the
 checkpoint holds everything the next step reads (weights, optimizer state, counters), so a
 run resumed from any checkpoint ends with the weights of an uninterrupted one. A checkpoint
-also records the run's ``settings``; resuming with others raises `CheckpointMismatchError`.
+also records the run's ``settings`` (resuming with others raises `CheckpointMismatchError`),
+its ``step``, and ``runs``: the ``[first, end)`` steps each run that led to it executed, e.g.
+``[[0, 40], [40, 60]]`` for a run killed after step 40 and resumed (`checkpoint_history`).
 Under ``torch.distributed`` rank 0 writes checkpoints and shows progress, and every rank must
 resume from the same step.
 """
@@ -39,6 +41,13 @@ from .errors import BatchSourceExhaustedError, CheckpointMismatchError, Selectio
 Batch = TypeVar("Batch")
 StepFn = Callable[[int], Mapping[str, Any] | None]  # step index -> progress-bar fields (or None)
 StateFn = Callable[[], tuple[dict[str, torch.Tensor], dict]]  # () -> (tensors, extra JSON metadata)
+
+
+def checkpoint_history(path: str | os.PathLike) -> tuple[int, list[list[int]]]:
+    """``(step, runs)`` of the checkpoint at ``path``: the step it was written at and the
+    ``[first, end)`` steps each run that led to it executed (one entry per start or resume)."""
+    meta = checkpoint_meta(path)
+    return int(meta["step"]), [list(r) for r in meta.get("runs", [])]
 
 
 def step_generator(seed: int, step: int) -> torch.Generator:
@@ -103,7 +112,9 @@ class TrainingLoop:
         self.writer = is_writer()
         self.show_progress = progress and self.writer
         self.start = 0
+        self.steps_run = 0  # steps this run executed (after `run`)
         self.meta: dict = {}  # the restored checkpoint's extra metadata
+        self.history: list[list[int]] = []  # the restored checkpoint's runs: [first, end) steps of each
 
     @property
     def end(self) -> int:
@@ -126,6 +137,7 @@ class TrainingLoop:
             tensors, meta = load_checkpoint(self.checkpoint, self.optimizer)
             self.start = int(meta.pop("step"))
             meta.pop("settings")
+            self.history = meta.pop("runs", [])
             self.meta = meta
         if self.resume:
             check_same_step(self.start)
@@ -136,17 +148,20 @@ class TrainingLoop:
         metadata) with the optimizer's state to the checkpoint when one is due (rank 0 only;
         then ``on_checkpoint(steps_done)``). Returns whether the run reached ``steps``."""
         bar = tqdm(total=self.steps, initial=self.start, disable=not self.show_progress, desc=self.desc)
+        self.steps_run = 0
         for index in range(self.start, self.end):
             shown = step(index)
             if shown and self.show_progress:
                 bar.set_postfix(shown)
             bar.update(1)
             done = index + 1
+            self.steps_run += 1
             if self._due(done):
                 tensors, extra = state()
                 self.checkpoint.parent.mkdir(parents=True, exist_ok=True)
-                save_checkpoint(self.checkpoint, tensors, {**extra, "settings": self.settings, "step": done},
-                                self.optimizer)
+                runs = [*self.history, [self.start, done]]
+                save_checkpoint(self.checkpoint, tensors,
+                                {**extra, "settings": self.settings, "step": done, "runs": runs}, self.optimizer)
                 if on_checkpoint is not None:
                     on_checkpoint(done)
         bar.close()

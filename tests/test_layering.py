@@ -54,15 +54,33 @@ def _imports(module: str) -> set[str]:
         for child in ast.iter_child_nodes(node):
             visit(child)
 
-    visit(ast.parse(path.read_text()))
+    tree = ast.parse(path.read_text())
+    visit(tree)
+    found.update(f"{package}{target}" for target in _lazy_imports(tree))
     found.discard(module)
     return {m for m in found if m in MODULES}
+
+
+def _lazy_imports(tree: ast.Module) -> list[str]:
+    """Relative module names a package imports lazily (mechscope/__init__.py's module
+    ``__getattr__``): the values of a top-level ``_LAZY`` dict and the names in ``_TIERS``."""
+    targets: list[str] = []
+    for node in tree.body:
+        if isinstance(node, (ast.Assign, ast.AnnAssign)) and node.value is not None:
+            names = [t.id for t in (node.targets if isinstance(node, ast.Assign) else [node.target])
+                     if isinstance(t, ast.Name)]
+            if "_LAZY" in names and isinstance(node.value, ast.Dict):
+                targets += [v.value for v in node.value.values if isinstance(v, ast.Constant)]
+            elif "_TIERS" in names and isinstance(node.value, ast.Tuple):
+                targets += [f".{e.value}" for e in node.value.elts if isinstance(e, ast.Constant)]
+    return targets
 
 
 GRAPH = {m: _imports(m) for m in MODULES}
 
 
 def test_the_graph_is_read():
+    assert {"mechscope.models.loading", "mechscope.sae.formats", "mechscope.viz"} <= GRAPH["mechscope"]  # lazy exports
     assert "mechscope.models.hooked" in GRAPH["mechscope.models.runtime"] or GRAPH["mechscope.models.hooked"]
     assert "mechscope.models.runtime" in GRAPH["mechscope.models.hooked"]
     assert len(GRAPH) > 40

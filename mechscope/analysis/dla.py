@@ -18,7 +18,7 @@ import torch
 
 from ..errors import SelectionError
 from ..models.hooked import HookedModel, TokensLike
-from ..models.selection import PerPrompt
+from ..models.selection import PerPrompt, single_position
 from ..result import Result
 from ..viz import figures
 
@@ -151,11 +151,15 @@ def direct_logit_attribution(model: HookedModel, tokens: TokensLike, direction: 
     """Attribute the logit (difference) at ``position`` to every component.
 
     direction: a token id, a pair ``(a, b)`` for logit(a) - logit(b), or a `[d_vocab]` vector.
-    position: an int for all prompts, or ``PerPrompt`` (e.g. each prompt's last real token).
+    position: an int, or ``PerPrompt`` (one position per prompt). In a padded batch a negative
+      int counts real tokens from each prompt's end (the default -1: each prompt's last real
+      token, with either padding side) and a non-negative one indexes the padded sequence.
     With a final-logit softcap (Gemma 2) the attribution is of the logits before the cap.
     """
     cfg = model.cfg
     input_ids, mask = model.prepare_inputs(tokens, attention_mask)
+    if not isinstance(position, PerPrompt):
+        position = PerPrompt(single_position(position, mask, *input_ids.shape))
     final = f"blocks.{cfg.n_layers - 1}.resid_post"
     names = ["embed", "pos_embed", "blocks.*.attn.head_out", "blocks.*.mlp.out", final]
     names = [n for n in names if n != "pos_embed" or "pos_embed" in model.names]

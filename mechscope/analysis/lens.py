@@ -18,6 +18,7 @@ import torch
 
 from ..errors import SelectionError
 from ..models.hooked import HookedModel, TokensLike
+from ..models.tokens import token_texts, visible
 from ..result import Result
 from ..viz import figures
 
@@ -33,9 +34,12 @@ class LensResult(Result):
     kl_to_final: `[L, batch, pos]`, KL(final distribution || lens distribution) in nats.
     target_ids: `[batch, pos]` (-1 where there is no target) or None.
     target_logprob, target_rank: `[L, batch, pos]` (rank 0 = top) or None.
-    str_tokens: the input tokens as strings per prompt (when a tokenizer is known).
+    str_tokens: the input tokens as text per prompt, each decoded on its own (when a tokenizer
+      is known; `mechscope.models.tokens.token_texts`).
     token_strings: id -> text of the top-1 and target tokens (filled from ``decode``, a callable
       id -> str given at construction and not kept, so the result holds no model).
+    Tables and plots show tokens as labels, whitespace made visible (``" Paris"`` as ``·Paris``,
+    `mechscope.models.tokens.visible`); the fields keep the text.
 
     Protocol (`mechscope.result`): ``to_dataframe()`` has a row per (layer, prompt, position);
     ``top(n, **selection)`` ranks by the target's log-prob (or, without a target, KL to the
@@ -91,13 +95,14 @@ class LensResult(Result):
     def to_dataframe(self) -> pd.DataFrame:
         """One row per (layer, prompt, position): ``layer`` (the residual point's name),
         ``depth`` (its index in ``labels``), prompt, pos, token, the top token and its log-prob,
-        KL to the final distribution, and the target's log-prob and rank."""
+        KL to the final distribution, and the target's log-prob and rank (tokens as labels,
+        whitespace made visible)."""
         shape = self._shape()
         index = np.indices(shape).reshape(3, -1)
         data: dict[str, object] = {"layer": np.asarray(self.labels, dtype=object)[index[0]], "depth": index[0],
                                    "prompt": index[1], "pos": index[2]}
         if self.str_tokens:
-            data["token"] = [self.str_tokens[b][p] for b, p in zip(index[1], index[2])]
+            data["token"] = [visible(self.str_tokens[b][p]) for b, p in zip(index[1], index[2])]
 
         def flat(values: torch.Tensor) -> np.ndarray:
             return values.detach().cpu().reshape(-1).numpy()
@@ -105,7 +110,8 @@ class LensResult(Result):
         if self.top_ids is not None:
             ids = flat(self.top_ids[..., 0]).astype(np.int64)
             data["top_id"] = ids
-            data["top_token"] = [self.token_strings.get(int(i), str(int(i))) for i in ids] if self.token_strings else ids
+            data["top_token"] = ([visible(self.token_strings.get(int(i), str(int(i)))) for i in ids]
+                                 if self.token_strings else ids)
             data["top_logprob"] = flat(self.top_logprobs[..., 0].float()).astype(float)
         if self.kl_to_final is not None:
             data["kl_to_final"] = flat(self.kl_to_final.float()).astype(float)
@@ -129,7 +135,7 @@ class LensResult(Result):
         if len(prompts) != 1:
             raise SelectionError(f"a lens plot shows one prompt; the selection has {len(prompts)}")
         z = frame.pivot(index="depth", columns="pos", values=column)
-        cols = [f"{p}:{frame.loc[frame.pos == p, 'token'].iloc[0]!r}" if "token" in frame else str(p) for p in z.columns]
+        cols = [f"{p}:{frame.loc[frame.pos == p, 'token'].iloc[0]}" if "token" in frame else str(p) for p in z.columns]
         rows = [self.labels[d] for d in z.index]
         text = frame.pivot(index="depth", columns="pos", values="top_token").to_numpy(object) if "top_token" in frame else None
         hover = {}
@@ -374,8 +380,8 @@ def logit_lens(model: HookedModel, tokens: TokensLike, *, target: Target = None,
     str_tokens = None
     decode = None
     if model.tokenizer is not None:
-        str_tokens = [model.to_str_tokens(row) for row in input_ids]
-        decode = lambda i: model.to_string([i])  # noqa: E731
+        str_tokens = [token_texts(model.tokenizer, row.tolist()) for row in input_ids]
+        decode = lambda i: token_texts(model.tokenizer, [i])[0]
     return LensResult(
         labels=names,
         top_ids=readings.get("top_ids"),

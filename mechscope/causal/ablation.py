@@ -289,7 +289,7 @@ def _check_reference_cells(point: HookPoint, act: torch.Tensor, sels: list[_Sele
     if kind == "mean" and not per_position:
         return
     for heads, positions in sels:
-        if positions is None or isinstance(positions, PerPrompt):  # PerPrompt is checked against the run's batch
+        if positions is None or isinstance(positions, PerPrompt) or positions == "last":  # checked in the run
             continue
         try:
             index_for(act.shape, point.pos_dim, point.head_dim, heads, positions, torch.device("cpu"))

@@ -13,8 +13,9 @@ import torch
 
 from ..data.tasks import PromptPairs
 from ..models.hooked import HookedModel
+from ..models.runtime import checked_loss
 from .cells import CellGrid, cell_grid
-from .metrics import logit_diff
+from .metrics import checked_metric, logit_diff
 from .patching import Metric, run_and_source
 from .result import PatchingResult
 
@@ -27,12 +28,15 @@ def attribution_patching(model: HookedModel, pairs: PromptPairs, component: str 
     ``raw`` `[n_layers, *cell axes, n_prompts]` is the run's metric plus the estimated change:
     denoising takes the gradient in the corrupted run and the clean-minus-corrupted difference,
     noising the gradient in the clean run and the corrupted-minus-clean difference.
+    ``metric`` must be differentiable: a constant or detached value is a `MetricError`.
     """
-    run_tokens, source_tokens = run_and_source(pairs, direction)
+    metric = checked_metric(metric)
+    run_tokens, source_tokens = run_and_source(pairs, direction, model)
     grid = cell_grid(model, component, pairs.clean.shape[1], per_position, over)
     names = [grid.name(l) for l in range(grid.n_layers)]
     source_logits, source = model.run_with_cache(source_tokens, names)
-    run_logits, run = model.run_with_cache(run_tokens, names, grad_metric=lambda logits: metric(logits, pairs).sum())
+    run_logits, run = model.run_with_cache(run_tokens, names, grad_metric=lambda logits: checked_loss(
+        metric(logits, pairs).sum(), "the metric, differentiated by attribution patching,"))
     run_metric = metric(run_logits, pairs).float().cpu()
     source_metric = metric(source_logits, pairs).float().cpu()
     clean_metric, corrupted_metric = (source_metric, run_metric) if direction == "denoise" else (run_metric, source_metric)

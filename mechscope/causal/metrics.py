@@ -1,12 +1,53 @@
 """Metrics of logits for patching experiments. Every metric maps logits `[batch, pos, vocab]`
-(plus the task's answers) to one value per prompt `[batch]`; users write their own alike."""
+(plus the task's answers) to one value per prompt `[batch]`; users write their own alike, and
+`checked_metric` holds a user's metric to that contract wherever a method calls it."""
 
 from __future__ import annotations
+
+import functools
+from collections.abc import Callable
 
 import torch
 
 from ..data.tasks import PromptPairs
+from ..errors import MetricError
 from ..models.functional import kl_divergence
+from ..models.runtime import call_user, check_signature
+
+METRIC_CONTRACT = "metric(logits [batch, pos, vocab], pairs) -> tensor [batch]"
+
+
+def checked_metric(metric: Callable[[torch.Tensor, PromptPairs], torch.Tensor]
+                   ) -> Callable[[torch.Tensor, PromptPairs], torch.Tensor]:
+    """``metric`` with its contract checked: its signature now (`SignatureError` if it cannot
+    take ``(logits, pairs)``), and every value it returns (`checked_metric_value`). Keeps the
+    metric's attributes (`reads_answer_only`); checking a checked metric returns it as is."""
+    if getattr(metric, "checks_contract", False):
+        return metric
+    check_signature(metric, 2, "the metric", METRIC_CONTRACT)
+
+    @functools.wraps(metric)
+    def checked(logits: torch.Tensor, pairs: PromptPairs) -> torch.Tensor:
+        value = call_user(metric, (logits, pairs), "the metric", METRIC_CONTRACT)
+        return checked_metric_value(value, logits.shape[0])
+
+    checked.checks_contract = True
+    return checked
+
+
+def checked_metric_value(value: object, batch: int, what: str = "the metric") -> torch.Tensor:
+    """``value`` if it is one real value per prompt, a tensor `[batch]` (any real dtype; the
+    methods read it in float32); otherwise a `MetricError` stating the contract."""
+    if not isinstance(value, torch.Tensor):
+        raise MetricError(f"{what} returned {type(value).__name__}, expected a tensor of shape ({batch},): one "
+                          f"value per prompt ({METRIC_CONTRACT})")
+    if value.shape != (batch,):
+        hint = " (return one value per prompt, not their mean or sum)" if value.ndim == 0 else ""
+        raise MetricError(f"{what} returned shape {tuple(value.shape)}, expected ({batch},): one value per "
+                          f"prompt ({METRIC_CONTRACT}){hint}")
+    if value.is_complex():
+        raise MetricError(f"{what} returned dtype {value.dtype}, expected real values ({METRIC_CONTRACT})")
+    return value
 
 
 def reads_answer_only(metric):

@@ -20,15 +20,24 @@ from ..data.tasks import PromptPairs
 from ..errors import SelectionError
 from ..models.hooked import HookedModel
 from .cells import CellGrid, cell_grid, write_cells
-from .metrics import logit_diff
+from .metrics import checked_metric, logit_diff
 from .result import PatchingResult
 from .sweep import Stack, VariantSweep, resid_names, tile
 
 Metric = Callable[[torch.Tensor, PromptPairs], torch.Tensor]
 
 
-def run_and_source(pairs: PromptPairs, direction: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(tokens run, tokens the patched activations come from)`` for a direction."""
+def run_and_source(pairs: PromptPairs, direction: str, model: HookedModel | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(tokens run, tokens the patched activations come from)`` for a direction; with
+    ``model``, the pairs' answers are checked against its vocabulary."""
+    if not isinstance(pairs, PromptPairs):
+        raise SelectionError(f"pairs must be PromptPairs (e.g. from pairs_from_strings), got {type(pairs).__name__}")
+    if model is not None:
+        d_vocab = model.cfg.d_vocab
+        outside = [int(t) for t in torch.cat([pairs.answers, pairs.wrong]) if int(t) >= d_vocab]
+        if outside:
+            raise SelectionError(f"answer token {outside[0]} is outside the model's vocabulary of {d_vocab} tokens")
     if direction == "denoise":
         return pairs.corrupted, pairs.clean
     if direction == "noise":
@@ -55,7 +64,8 @@ def activation_patching(model: HookedModel, pairs: PromptPairs, component: str =
     variants_per_pass: cells per forward (default: as many as fit in ``max_rows`` rows).
     Returns a `PatchingResult` with ``raw`` `[n_layers, *cell axes, n_prompts]`.
     """
-    run_tokens, source_tokens = run_and_source(pairs, direction)
+    metric = checked_metric(metric)
+    run_tokens, source_tokens = run_and_source(pairs, direction, model)
     if answer_logits_only and not getattr(metric, "reads_answer_only", False):
         raise SelectionError("answer_logits_only needs a metric that reads only the answer positions; "
                              "declare yours with mechscope.causal.metrics.reads_answer_only if it does")
@@ -128,7 +138,8 @@ def patch_one_by_one(model: HookedModel, pairs: PromptPairs, component: str = "r
     Returns the raw metric `[n_layers, *cell axes, n_prompts]`, which `activation_patching`
     reproduces bit for bit in far fewer forwards (used by the tests and bench/patching.py).
     """
-    run_tokens, source_tokens = run_and_source(pairs, direction)
+    metric = checked_metric(metric)
+    run_tokens, source_tokens = run_and_source(pairs, direction, model)
     grid = cell_grid(model, component, pairs.clean.shape[1], per_position, over)
     _, source = model.run_with_cache(source_tokens, f"blocks.*.{grid.suffix}")
     point = model.hook_point(grid.name(0))

@@ -11,6 +11,7 @@ batch axis and start at the sender's layer, as in `activation_patching`.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
 
 import torch
@@ -20,7 +21,7 @@ from ..errors import SelectionError
 from ..models.cache import recorder
 from ..models.hooked import HookedModel
 from .cells import cell_grid, write_cells
-from .metrics import logit_diff
+from .metrics import checked_metric, logit_diff
 from .patching import Metric, run_and_source
 from .result import PatchingResult
 from .sweep import Stack, VariantSweep, resid_names, tile
@@ -39,7 +40,8 @@ def path_patching(model: HookedModel, pairs: PromptPairs, receivers: Sequence[tu
     Returns a `PatchingResult` with ``raw`` `[n_layers, n_heads, n_prompts]` (senders that
     cannot reach a receiver get the run's metric).
     """
-    run_tokens, source_tokens = run_and_source(pairs, direction)
+    metric = checked_metric(metric)
+    run_tokens, source_tokens = run_and_source(pairs, direction, model)
     n, n_layers = len(pairs), model.cfg.n_layers
     grid = cell_grid(model, "heads", pairs.clean.shape[1], per_position=False)
     input_names = _receiver_names(model, receivers, receiver_input, receiver_positions, pairs.clean.shape[1])
@@ -87,6 +89,8 @@ def _frozen_heads(model: HookedModel, grid, chunk, run, source, z_names: list[st
 def _receiver_names(model: HookedModel, receivers, receiver_input: str, positions, n_pos: int) -> list[str]:
     if receivers is None:
         return []
+    if positions is not None and not all(_is_int(p) for p in positions):
+        raise SelectionError(f"receiver positions must be ints, got {list(positions)!r}")
     if positions is not None and not all(-n_pos <= p < n_pos for p in positions):
         raise SelectionError(f"receiver positions {list(positions)} out of range for prompts of {n_pos} tokens")
     if receiver_input not in ("q", "k", "v"):
@@ -99,6 +103,17 @@ def _receiver_names(model: HookedModel, receivers, receiver_input: str, position
             raise SelectionError(f"receiver L{layer}H{head} out of range ({model.cfg.n_layers} layers, "
                                  f"{n_heads} {'query' if receiver_input == 'q' else 'key/value'} heads)")
     return sorted({f"blocks.{layer}.attn.{receiver_input}" for layer, _ in receivers})
+
+
+def _is_int(value: object) -> bool:
+    """An int-like index (int, numpy or 0-d integer tensor), not a bool or a float."""
+    if isinstance(value, bool) or (isinstance(value, torch.Tensor) and value.dtype == torch.bool):
+        return False
+    try:
+        operator.index(value)
+    except TypeError:
+        return False
+    return True
 
 
 def _receiver_inputs(receivers, receiver_input: str, positions, recorded: dict[str, torch.Tensor]) -> dict:

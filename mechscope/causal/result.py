@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import math
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 import torch
 
+from ..errors import MechscopeWarning
+from ..models.tokens import visible
 from ..result import Result, layer_head_label
 from ..viz import figures
 from .metrics import normalized
@@ -17,9 +21,12 @@ from .metrics import normalized
 class PatchingResult(Result):
     """``raw`` `[n_layers, *axes sizes, n_prompts]` metric per cell and prompt; ``values``
     `[n_layers, *axes sizes]` its mean over prompts normalised by the clean and corrupted
-    metrics (0 = corrupted behaviour, 1 = clean). ``axes`` names the dims after the layer
+    metrics (0 = corrupted behaviour, 1 = clean); NaN everywhere, with a `MechscopeWarning` when
+    the result is made, where the mean clean and corrupted metrics are equal or not finite (the
+    normalisation would divide by zero). ``axes`` names the dims after the layer
     (``"head"``, ``"pos"``); ``method`` is ``"activation"``, ``"attribution"`` or ``"path"``.
-    ``pos_labels`` (optional) names the positions in tables and plots (e.g. prompt 0's tokens).
+    ``pos_labels`` (optional) names the positions in tables and plots (e.g. prompt 0's tokens,
+    shown with whitespace made visible).
 
     Protocol (`mechscope.result`): ``to_dataframe()`` has a row per cell (layer, its axes,
     ``normalized``, ``metric`` = mean raw metric); ``top(n, **selection)`` ranks cells by how
@@ -41,10 +48,29 @@ class PatchingResult(Result):
 
     def __post_init__(self) -> None:
         self.axes = tuple(self.axes)
+        if not self._normalisable():
+            clean, corrupted = self._means()
+            warnings.warn(
+                f"{self.method} patching of {self.component}: the mean clean metric ({clean:.6g}) and corrupted "
+                f"metric ({corrupted:.6g}) are {'equal' if clean == corrupted else 'not both finite'}, so the "
+                "normalised values are undefined (NaN) and top() ranks nothing by them; the raw metric "
+                "(result.raw, the 'metric' column) is unaffected. Check that the corruption changes the "
+                "metric (different prompts, answers distinct from the wrong answers).",
+                MechscopeWarning, stacklevel=4)
+
+    def _means(self) -> tuple[float, float]:
+        return float(self.clean_metric.float().mean()), float(self.corrupted_metric.float().mean())
+
+    def _normalisable(self) -> bool:
+        clean, corrupted = self._means()
+        return math.isfinite(clean) and math.isfinite(corrupted) and clean != corrupted
 
     @property
     def values(self) -> torch.Tensor:
-        return normalized(self.raw.mean(-1), self.clean_metric.mean(), self.corrupted_metric.mean())
+        mean = self.raw.mean(-1)
+        if not self._normalisable():
+            return torch.full_like(mean.float(), math.nan)
+        return normalized(mean, self.clean_metric.mean(), self.corrupted_metric.mean())
 
     def _baseline(self) -> float:
         return 0.0 if self.direction == "denoise" else 1.0
@@ -62,7 +88,7 @@ class PatchingResult(Result):
         for i, axis in enumerate(self.axes, start=1):
             data[axis] = index[i]
         if self.pos_labels is not None and "pos" in self.axes:
-            data["token"] = [self.pos_labels[p] for p in data["pos"]]
+            data["token"] = [visible(self.pos_labels[p]) for p in data["pos"]]
         data["normalized"] = values.flatten().numpy().astype(float)
         data["metric"] = raw.flatten().numpy().astype(float)
         return pd.DataFrame(data)
@@ -87,7 +113,7 @@ class PatchingResult(Result):
         metric = frame.pivot(index=row_keys, columns=last, values="metric")
         rows = [f"L{key}" if len(row_keys) == 1 else layer_head_label(*key) for key in z.index]
         if last == "pos":
-            cols = [f"{p}:{labels[p]!r}" if labels is not None else str(p) for p in z.columns]
+            cols = [f"{p}:{visible(labels[p])}" if labels is not None else str(p) for p in z.columns]
         else:
             cols = [f"H{c}" if last == "head" else str(c) for c in z.columns]
         y_label = "layer" if len(row_keys) == 1 else "layer, head"

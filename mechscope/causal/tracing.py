@@ -20,6 +20,7 @@ run, so their cells are the noised probability without being run.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -30,6 +31,7 @@ from ..data.facts import FactPrompt
 from ..errors import SelectionError
 from ..models.hooked import HookedModel
 from ..models.runtime import HookContext, HookFn
+from ..models.tokens import token_texts, visible
 from ..result import Result
 from ..viz import figures
 from .sweep import Stack, VariantSweep, resid_names
@@ -45,7 +47,8 @@ class CausalTrace(Result):
     scores: kind -> `[n_layers, n_tokens]` probability of the attribute token (mean over the
       noise samples) with the clean activation of (layer, token) restored.
     clean_prob: the clean run's probability; corrupted_prob: the noised run's (mean over samples).
-    str_tokens: the prompt's tokens; subject_positions: the noised ones.
+    str_tokens: the prompt's tokens as text, each decoded on its own (`token_texts`; tables and
+      plots show them with whitespace made visible, `visible`); subject_positions: the noised ones.
     noise_std: the standard deviation of the noise that was added (factor included).
 
     Protocol (`mechscope.result`): ``to_dataframe()`` has a row per (kind, layer, position);
@@ -68,8 +71,8 @@ class CausalTrace(Result):
     _signed = True
 
     def token_labels(self) -> list[str]:
-        """``"3 ' Tower' *"``: position, token, and ``*`` on subject tokens."""
-        return [f"{i} {t!r}{' *' if i in self.subject_positions else ''}" for i, t in enumerate(self.str_tokens)]
+        """``"3 ·Tower *"``: position, token (whitespace made visible), and ``*`` on subject tokens."""
+        return [f"{i} {visible(t)}{' *' if i in self.subject_positions else ''}" for i, t in enumerate(self.str_tokens)]
 
     def peak(self, kind: str) -> tuple[int, int, float]:
         """``(layer, position, probability)`` of the cell that restores the most."""
@@ -79,12 +82,13 @@ class CausalTrace(Result):
         return layer, position, float(values[layer, position])
 
     def to_dataframe(self) -> pd.DataFrame:
-        """One row per (kind, layer, position): the token, whether it is a subject token, the
-        restored probability and its indirect effect (restored minus corrupted probability)."""
+        """One row per (kind, layer, position): the token (whitespace made visible), whether it is
+        a subject token, the restored probability and its indirect effect (restored minus
+        corrupted probability)."""
         records = []
         for kind, values in self.scores.items():
             for layer in range(values.shape[0]):
-                for pos, token in enumerate(self.str_tokens):
+                for pos, token in enumerate(map(visible, self.str_tokens)):
                     prob = float(values[layer, pos])
                     records.append({"kind": kind, "layer": layer, "position": pos, "token": token,
                                     "subject": pos in self.subject_positions, "prob": prob,
@@ -127,14 +131,20 @@ class CausalTrace(Result):
         return self.scores[kind]
 
 
-def _check_fact(model: HookedModel, fact: FactPrompt) -> None:
+def _check_fact(model: HookedModel, fact: FactPrompt) -> FactPrompt:
+    """``fact`` with its tokens and subject positions as LongTensors (lists are accepted), checked
+    against the model; raises `SelectionError` for a fact that cannot be traced."""
+    if not isinstance(fact, FactPrompt):
+        raise SelectionError(f"a trace needs a FactPrompt (from make_fact or fact_prompts), got {type(fact).__name__}")
+    fact = dataclasses.replace(fact)  # re-normalises fields assigned after construction
     tokens, subject = fact.tokens, fact.subject_positions
     if tokens.ndim != 1 or len(tokens) == 0:
         raise SelectionError(f"fact.tokens must be one prompt [pos], got shape {tuple(tokens.shape)}")
     if len(subject) == 0 or int(subject.min()) < 0 or int(subject.max()) >= len(tokens):
         raise SelectionError(f"subject positions {subject.tolist()} are not positions of the {len(tokens)}-token prompt")
-    if not 0 <= fact.attribute_token < model.cfg.d_vocab:
+    if isinstance(fact.attribute_token, bool) or not 0 <= int(fact.attribute_token) < model.cfg.d_vocab:
         raise SelectionError(f"attribute token {fact.attribute_token} is outside the vocabulary")
+    return fact
 
 
 def embedding_std(model: HookedModel, tokens: torch.Tensor) -> float:
@@ -152,7 +162,7 @@ def trace_noise(model: HookedModel, fact: FactPrompt, *, n_samples: int = 10, no
                 noise_std: float | None = None, seed: int = 0) -> torch.Tensor:
     """The noise added to the subject's embeddings: `[n_samples, n_subject_tokens, d_model]`,
     Gaussian with std ``noise_factor * noise_std`` (default `embedding_std`), seeded by ``seed``."""
-    _check_fact(model, fact)
+    fact = _check_fact(model, fact)
     if n_samples < 1:
         raise SelectionError(f"n_samples must be at least 1, got {n_samples}")
     std = embedding_std(model, fact.tokens) if noise_std is None else noise_std
@@ -199,7 +209,10 @@ def restored_probs(model: HookedModel, fact: FactPrompt, restorations: Sequence[
     ``l`` from the noised run's hidden state (`HookedModel.run_from`), and only the last
     position is unembedded.
     """
-    _check_fact(model, fact)
+    fact = _check_fact(model, fact)
+    if not isinstance(noise, torch.Tensor) or not noise.is_floating_point() or noise.ndim != 3 or not len(noise):
+        raise SelectionError(f"noise must be a float tensor [n_samples, {len(fact.subject_positions)}, "
+                             f"{model.cfg.d_model}] from trace_noise, got {_describe(noise)}")
     n_samples, n_tokens = noise.shape[0], len(fact.tokens)
     if noise.shape[1:] != (len(fact.subject_positions), model.cfg.d_model):
         raise SelectionError(f"noise must be [n_samples, {len(fact.subject_positions)}, {model.cfg.d_model}], "
@@ -275,6 +288,7 @@ def causal_trace(model: HookedModel, fact: FactPrompt, kinds: Sequence[str] = ("
         raise SelectionError(f"kinds must name at least one activation, e.g. {list(KINDS)}")
     if window < 1:
         raise SelectionError(f"window must be at least 1, got {window}")
+    fact = _check_fact(model, fact)
     if noise_std is None:
         noise_std = embedding_std(model, fact.tokens)
     noise = trace_noise(model, fact, n_samples=n_samples, noise_factor=noise_factor, noise_std=noise_std, seed=seed)
@@ -319,5 +333,13 @@ def _trace_suffix(model: HookedModel, kind: str) -> str:
 
 
 def _str_tokens(model: HookedModel, tokens: torch.Tensor) -> list[str]:
-    """Decoded tokens, or their ids as text for a model without tokenizer."""
-    return model.to_str_tokens(tokens) if model.tokenizer is not None else [str(t) for t in tokens.tolist()]
+    """Each token decoded on its own, or their ids as text for a model without tokenizer."""
+    ids = tokens.tolist()
+    return token_texts(model.tokenizer, ids) if model.tokenizer is not None else [str(t) for t in ids]
+
+
+def _describe(value: object) -> str:
+    """A value's type, and its dtype and shape for a tensor (for error messages)."""
+    if isinstance(value, torch.Tensor):
+        return f"a {value.dtype} tensor of shape {tuple(value.shape)}"
+    return type(value).__name__

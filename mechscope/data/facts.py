@@ -89,6 +89,20 @@ class FactPrompt:
     attribute_token: int
     relation: str = "custom"
 
+    def __post_init__(self) -> None:
+        self.tokens = _long_tensor(self.tokens, "fact.tokens")
+        self.subject_positions = _long_tensor(self.subject_positions, "fact.subject_positions")
+
+
+def _long_tensor(values, what: str) -> torch.Tensor:
+    """``values`` (a sequence or tensor of ints) as a flat LongTensor; floats and bools are refused."""
+    tensor = torch.as_tensor(values)
+    if tensor.dtype == torch.bool or tensor.dtype.is_floating_point or tensor.dtype.is_complex:
+        raise SelectionError(f"{what} must hold integers, got dtype {tensor.dtype}")
+    if tensor.ndim != 1:
+        raise SelectionError(f"{what} must be a flat sequence of ints, got shape {tuple(tensor.shape)}")
+    return tensor.long()
+
 
 def _encode(model: HookedModel, text: str) -> list[int]:
     return model.to_tokens(text)[0].tolist()
@@ -97,8 +111,11 @@ def _encode(model: HookedModel, text: str) -> list[int]:
 def make_fact(model: HookedModel, text: str, subject: str, attribute: str, relation: str = "custom") -> FactPrompt:
     """A `FactPrompt` for your own prompt; ``subject`` must occur in ``text`` (first occurrence
     is used) and start and end on token boundaries."""
-    start = text.find(subject)
-    if not subject or start < 0:
+    if not isinstance(attribute, str) or not attribute.strip():
+        raise SelectionError(f"attribute must be a non-empty word (the prompt's expected continuation), "
+                             f"got {attribute!r}")
+    start = text.find(subject) if isinstance(subject, str) else -1
+    if not subject or not subject.strip() or start < 0:
         raise SelectionError(f"subject {subject!r} does not occur in {text!r}")
     tokens = _encode(model, text)
     # Through the subject: the tokens of the text up to its end. Before it: those of the text up

@@ -13,6 +13,11 @@ left out (`token_mask`); attention-sink outliers, tokens whose norm is over ``ra
 the median, can be left out too (`massive_tokens`). On SmolLM2 position 0 reaches a residual
 norm of ~23,700 against a median of ~171 whether or not it is a BOS token, and would
 dominate every statistic.
+
+Only per-token activations are harvested: ``[batch, pos, d]`` ones as they are, and per-head
+ones ``[batch, pos, head, d]`` (``attn.q/k/v/z``, ``attn.head_out``) with the heads flattened
+into one row of ``n_heads * d`` per token (`token_width`); attention scores and patterns
+(``[batch, head, query, key]``) have no row per token and are refused (`check_per_token`).
 """
 
 from __future__ import annotations
@@ -25,7 +30,10 @@ import torch
 from ..errors import SelectionError
 
 if TYPE_CHECKING:
+    from ..models.hook_points import HookPoint
     from ..models.hooked import HookedModel
+
+PER_TOKEN_LAYOUTS = ("bpd", "bphd")  # layouts with the position on axis 1 and a fixed width per token
 
 Chunk = dict[str, torch.Tensor]  # activation name -> [n_tokens, d], the same tokens in every entry
 
@@ -41,6 +49,24 @@ def token_mask(model: HookedModel, tokens: torch.Tensor, *, skip_special: bool =
     if skip_first:
         keep[:, 0] = False
     return keep
+
+
+def check_per_token(point: HookPoint) -> HookPoint:
+    """``point``, or a `SelectionError` when it has no fixed-width row per token (attention
+    scores and patterns, ``[batch, head, query, key]``)."""
+    if point.layout not in PER_TOKEN_LAYOUTS or point.width is None:
+        raise SelectionError(
+            f"{point.name!r} has layout {point.layout!r} ([batch, head, query, key]): activations are harvested "
+            "(and SAEs read them) one row per token, from [batch, pos, d] or per-head [batch, pos, head, d] names "
+            "such as resid_post, mlp.out or attn.z")
+    return point
+
+
+def token_width(point: HookPoint) -> int:
+    """The width of one token's row of ``point`` as harvested: ``d``, or ``n_heads * d`` for a
+    per-head activation (heads flattened)."""
+    check_per_token(point)
+    return point.width * (point.n_heads or 1) if point.layout == "bphd" else point.width
 
 
 def massive_tokens(acts: torch.Tensor, ratio: float | None) -> torch.Tensor:
@@ -59,19 +85,20 @@ def harvest(model: HookedModel, names: Sequence[str], batches: Iterable[torch.Te
             skip_special: bool = True, skip_first: bool = True, outlier_ratio: float | None = None,
             dtype: torch.dtype = torch.float32) -> Iterator[Chunk]:
     """For each batch of token ids `[b, ctx]`, one no-grad forward recording every name in
-    ``names``; yields ``{name: [n_kept, d]}`` on the CPU in ``dtype``, tokens in row-major
-    (batch, position) order.
+    ``names`` (exact names of per-token activations); yields ``{name: [n_kept, d]}`` on the CPU
+    in ``dtype`` (``d = n_heads * d_head`` for per-head names, see `token_width`), tokens in
+    row-major (batch, position) order.
 
     The forward stops after the deepest block it needs (when every name is inside a block).
     skip_special, skip_first: the `token_mask` policy. outlier_ratio: also leave out the
     tokens that are `massive_tokens` outliers of any name (the median taken over the batch's
     kept tokens); None keeps them.
     """
-    names = list(names)
+    names = [check_per_token(model.hook_point(name)).name for name in names]  # exact names, one row per token
     for batch in batches:
         acts = model.run_with_cache(batch, names, stop_early=True)[1]
         keep = token_mask(model, batch, skip_special=skip_special, skip_first=skip_first).reshape(-1)
-        kept = {name: acts[name].reshape(-1, acts[name].shape[-1])[keep.to(acts[name].device)] for name in names}
+        kept = {name: acts[name].flatten(2).reshape(keep.shape[0], -1)[keep.to(acts[name].device)] for name in names}
         if outlier_ratio is not None:
             massive = torch.zeros(int(keep.sum()), dtype=torch.bool)
             for value in kept.values():

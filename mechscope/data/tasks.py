@@ -34,18 +34,29 @@ class PromptPairs:
     prompt_index: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
-        if self.clean.ndim != 2 or self.clean.shape[0] == 0:
-            raise SelectionError(f"need a non-empty batch of prompts [n, pos], got shape {tuple(self.clean.shape)}")
+        self.clean, self.corrupted = _integers(self.clean, "clean prompts"), _integers(self.corrupted, "corrupted prompts")
+        if self.clean.ndim != 2 or 0 in self.clean.shape:
+            raise SelectionError(f"need a non-empty batch of non-empty prompts [n, pos], got shape "
+                                 f"{tuple(self.clean.shape)}")
         if self.clean.shape != self.corrupted.shape:
             raise SelectionError(
                 f"clean prompts {tuple(self.clean.shape)} and corrupted prompts {tuple(self.corrupted.shape)} "
                 "differ in shape; patching needs each corrupted prompt to have its clean prompt's token length"
             )
-        n = self.clean.shape[0]
+        n, length = self.clean.shape
+        self.answers, self.wrong = _integers(self.answers, "answers"), _integers(self.wrong, "wrong answers")
         if self.answers.shape != (n,) or self.wrong.shape != (n,):
-            raise SelectionError(f"answers and wrong answers must be [n] = [{n}] token ids")
+            raise SelectionError(f"answers and wrong answers must be [n] = [{n}] token ids, got shapes "
+                                 f"{tuple(self.answers.shape)} and {tuple(self.wrong.shape)}")
+        if int(torch.cat([self.answers, self.wrong]).min()) < 0:
+            raise SelectionError("answers and wrong answers must be token ids (>= 0)")
         if self.answer_positions is None:
-            self.answer_positions = torch.full((n,), self.clean.shape[1] - 1, dtype=torch.long)
+            self.answer_positions = torch.full((n,), length - 1, dtype=torch.long)
+        positions = _integers(self.answer_positions, "answer_positions")
+        if positions.shape != (n,) or int(positions.min()) < -length or int(positions.max()) >= length:
+            raise SelectionError(f"answer_positions must be [n] = [{n}] positions of prompts of {length} tokens "
+                                 f"(negative ones count from the end), got {positions.tolist()}")
+        self.answer_positions = positions % length
         if self.prompt_index is None:
             self.prompt_index = torch.arange(n)
 
@@ -60,10 +71,34 @@ class PromptPairs:
         return self.clean.shape[0]
 
 
+def _integers(values, what: str) -> torch.Tensor:
+    """``values`` (a tensor or nested sequence of ints) as a LongTensor; floats and bools are refused."""
+    tensor = torch.as_tensor(values)
+    if tensor.dtype == torch.bool or tensor.dtype.is_floating_point or tensor.dtype.is_complex:
+        raise SelectionError(f"{what} must be integer token ids or positions, got dtype {tensor.dtype}")
+    return tensor.long()
+
+
+def _texts(values: Sequence[str], what: str, *, blank: bool = False) -> list[str]:
+    """``values`` as a list of non-empty strings, and unless ``blank`` not only whitespace (a
+    lone string is not a list of prompts)."""
+    if isinstance(values, str) or not isinstance(values, Sequence):
+        raise SelectionError(f"{what} must be a list of strings, got {type(values).__name__} {values!r:.60}")
+    values = list(values)
+    bad = [v for v in values if not isinstance(v, str) or not (v if blank else v.strip())]
+    if bad:
+        raise SelectionError(f"{what} must be non-empty strings{'' if blank else ' (not only whitespace)'}, "
+                             f"got {bad[0]!r}")
+    return values
+
+
 def pairs_from_strings(model, clean: Sequence[str], corrupted: Sequence[str], answers: Sequence[str],
                        wrong: Sequence[str], *, prepend_bos: bool | None = None) -> PromptPairs:
     """User-defined pairs. Each clean/corrupted pair must tokenize to the same length, all
-    pairs to one length (use the same template), and answers must be single tokens."""
+    pairs to one length (use the same template), and answers must be single tokens.
+    Every argument is a list of non-empty strings (`SelectionError` otherwise)."""
+    clean, corrupted = _texts(clean, "clean prompts"), _texts(corrupted, "corrupted prompts")
+    answers, wrong = _texts(answers, "answers", blank=True), _texts(wrong, "wrong answers", blank=True)
     if not clean:
         raise SelectionError("no prompts given")
     if not (len(clean) == len(corrupted) == len(answers) == len(wrong)):

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ..errors import MechscopeError, UnknownActivationError
+from ..errors import MechscopeError, UnknownCachedActivationError
 from .selection import Positions, index_for
 
 if TYPE_CHECKING:
@@ -35,6 +35,9 @@ def recorder(store: dict[str, torch.Tensor], *, positions: Positions = None, clo
 class ActivationCache(Mapping[str, torch.Tensor]):
     """Read-only mapping from activation name to tensor, in execution order.
 
+    A name it does not hold raises `UnknownCachedActivationError` (a ``KeyError``, so ``name in
+    cache`` and ``cache.get(name)`` work), with the closest cached names.
+
     Entries share storage with the forward pass where they can (an activation that is
     also the next block's input is stored once), so ``nbytes`` counts unique storage.
     ``grads`` holds gradients of the same names when the run asked for them.
@@ -47,13 +50,9 @@ class ActivationCache(Mapping[str, torch.Tensor]):
         self._grads = grads
 
     def __getitem__(self, name: str) -> torch.Tensor:
-        if name in self._acts:
+        if isinstance(name, str) and name in self._acts:
             return self._acts[name]
-        if name in self._all_names:
-            raise MechscopeError(
-                f"{name!r} is a valid activation but was not cached; pass it in run_with_cache(names=...)"
-            )
-        raise UnknownActivationError(name, list(self._acts) or self._all_names)
+        raise UnknownCachedActivationError(name, self._acts, self._all_names)
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._acts)
@@ -72,7 +71,7 @@ class ActivationCache(Mapping[str, torch.Tensor]):
         """Cached names matching a glob, in execution order."""
         names = fnmatch.filter(self._acts, pattern)
         if not names:
-            raise UnknownActivationError(pattern, list(self._acts))
+            raise UnknownCachedActivationError(pattern, self._acts, self._all_names)
         return names
 
     def stack(self, pattern: str) -> torch.Tensor:

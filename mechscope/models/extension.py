@@ -17,8 +17,9 @@ names behave like every other name: ``run_with_cache`` records them, ``hooks`` e
         _, cache = model.run_with_cache(tokens, "blocks.3.resid_post.doubled")
 
 ``fire(name, x)`` runs the user's hooks and caches on ``x`` `[...]` for one of the extension's
-names and returns what they leave (``x`` itself when nothing is registered there); the
-extension decides what to do with it (write it back, decode it, ...). An extension's points
+names and returns what they leave (``x`` itself when nothing is registered there; hooks'
+replacements are checked as everywhere, see `runtime.checked_replacement`); the extension
+decides what to do with it (write it back, decode it, ...). An extension's points
 are listed right after their source in ``model.names``, so execution order stays true.
 """
 
@@ -29,6 +30,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import torch
+
+from ..errors import ExtensionError
 
 if TYPE_CHECKING:
     from .hooked import HookedModel
@@ -49,6 +52,16 @@ class NewPoint:
     width: int
     layout: str = "bpd"
     n_heads: int | None = None
+
+    def __post_init__(self) -> None:
+        for label in ("name", "source", "layout"):
+            value = getattr(self, label)
+            if not isinstance(value, str) or not value:
+                raise ExtensionError(f"NewPoint {label} must be a non-empty string, got {value!r}")
+        sizes = {"width": self.width} if self.n_heads is None else {"width": self.width, "n_heads": self.n_heads}
+        for label, value in sizes.items():
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ExtensionError(f"NewPoint {self.name!r}: {label} must be a positive int, got {value!r}")
 
 
 @runtime_checkable

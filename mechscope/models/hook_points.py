@@ -6,7 +6,7 @@ import fnmatch
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from ..errors import UnknownActivationError
+from ..errors import ArgumentTypeError, UnknownActivationError
 from .adapters.base import Adapter, Site
 from .config import ModelConfig
 
@@ -140,17 +140,25 @@ def select_names(spec: NameSpec, names: list[str]) -> list[str]:
     """Resolve a name spec (exact name, glob, list of those, predicate, or None for all).
 
     Returns the matching names in execution order. A name or glob that matches nothing
-    raises `UnknownActivationError` with the closest valid names.
+    raises `UnknownActivationError` with the closest valid names; anything else than these
+    kinds of spec (an int, an ``at(...)`` target, a list holding non-strings) raises
+    `ArgumentTypeError`.
     """
     if spec is None:
         return list(names)
     if callable(spec) and not isinstance(spec, str):
         return [n for n in names if spec(n)]
-    patterns = [spec] if isinstance(spec, str) else list(spec)
+    if isinstance(spec, str):
+        patterns = [spec]
+    elif isinstance(spec, Iterable):
+        patterns = list(spec)
+    else:
+        raise ArgumentTypeError(f"activation names must be a name or glob (str), a list of those, a predicate "
+                                f"fn(name) -> bool, or None for all; got {type(spec).__name__} {spec!r}")
     chosen: set[str] = set()
     for pattern in patterns:
         if not isinstance(pattern, str):
-            raise TypeError(f"activation names must be strings, got {type(pattern).__name__}")
+            raise ArgumentTypeError(f"activation names must be strings, got {type(pattern).__name__} {pattern!r}")
         matched = fnmatch.filter(names, pattern) if any(c in pattern for c in "*?[") else (
             [pattern] if pattern in names else []
         )

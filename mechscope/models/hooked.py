@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -10,7 +12,14 @@ import torch
 from torch import nn
 from transformers import LogitsProcessor, LogitsProcessorList, PreTrainedModel
 
-from ..errors import MechscopeError, SelectionError
+from ..errors import (
+    AlreadyWrappedError,
+    ArgumentTypeError,
+    ContextLengthWarning,
+    MechscopeError,
+    SelectionError,
+    UnsupportedArgumentError,
+)
 from .adapters import get_adapter
 from .adapters.base import Adapter
 from .cache import ActivationCache, recorder
@@ -19,9 +28,9 @@ from .extension import Extension
 from .hook_points import HookPoint, NameSpec, build_hook_points, select_names
 from .norms import FrozenNorm
 from .partial import last_block_needed, starting_at, stopping_after
-from .runtime import Entry, HookFn, HookRuntime
-from .tokens import require_single_token
-from .selection import Heads, Positions
+from .runtime import Entry, HookFn, HookRuntime, checked_loss
+from .selection import Heads, Positions, check_selection, running_with_mask
+from .tokens import check_token_ids, require_single_token, token_texts
 from .weights import LayerWeights, Weights
 
 TokensLike = torch.Tensor | str | Sequence[str]
@@ -38,6 +47,12 @@ class Target:
     heads: Heads = None
     positions: Positions = None
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name:
+            raise ArgumentTypeError(f"a hook target needs an activation name or glob (a non-empty str), got "
+                                    f"{type(self.name).__name__} {self.name!r}")
+        check_selection(self.heads, self.positions)
+
 
 def at(name: str, heads: Heads = None, positions: Positions = None) -> Target:
     """Target ``heads`` and/or ``positions`` of ``name``: the hook receives (and returns) only that part.
@@ -48,7 +63,8 @@ def at(name: str, heads: Heads = None, positions: Positions = None) -> Target:
     return Target(name, heads, positions)
 
 
-HookSpec = Mapping[str | Target, HookFn] | Sequence[tuple[str | Target, HookFn]]
+HookKey = str | Target | Callable[[str], bool]
+HookSpec = Mapping[HookKey, HookFn] | Sequence[tuple[HookKey, HookFn]]
 
 
 class _LogitsHook(LogitsProcessor):
@@ -71,7 +87,14 @@ class HookedModel(nn.Module):
     def __init__(self, hf_model: PreTrainedModel, tokenizer=None, *, adapter: Adapter | None = None,
                  default_prepend_bos: bool | None = None):
         super().__init__()
+        owner = getattr(hf_model, "_mechscope_owner", None)
+        owner = owner() if owner is not None else None  # a copy.deepcopy of a wrapped model keeps the reference
+        if owner is not None and owner.hf is hf_model:
+            raise AlreadyWrappedError(
+                "this Hugging Face model is already wrapped by a live HookedModel; use that one "
+                "(its .hf is this model), or wrap a copy (copy.deepcopy(hf_model)) for a second, independent wrapper")
         self.hf = hf_model.eval()
+        hf_model._mechscope_owner = weakref.ref(self)
         self.tokenizer = tokenizer
         self.adapter = adapter or get_adapter(hf_model.config.model_type)
         if default_prepend_bos is None:
@@ -85,7 +108,7 @@ class HookedModel(nn.Module):
     def hook_point(self, name: str) -> HookPoint:
         """The `HookPoint` (layout, width, heads, ...) of one exact name (globs: `hook_points`)."""
         if not isinstance(name, str):
-            raise TypeError(f"an activation name must be a string, got {type(name).__name__}")
+            raise ArgumentTypeError(f"an activation name must be a string, got {type(name).__name__}")
         if name not in self._runtime.points:
             if any(c in name for c in "*?["):
                 raise SelectionError(f"hook_point takes one exact name, not the pattern {name!r}; "
@@ -107,7 +130,8 @@ class HookedModel(nn.Module):
 
     def forward(self, tokens: TokensLike, attention_mask: torch.Tensor | None = None, *,
                 prepend_bos: bool | None = None, padding_side: str | None = None,
-                logits_at: torch.Tensor | None = None) -> torch.Tensor:
+                logits_at: torch.Tensor | None = None, return_type: str | None = "logits",
+                **unsupported) -> torch.Tensor | None:
         """Logits `[batch, pos, d_vocab]` for token ids `[batch, pos]` (or `[pos]`) or text.
 
         Text is tokenized with `to_tokens` (padding and attention mask included). With an
@@ -115,10 +139,26 @@ class HookedModel(nn.Module):
         left- and right-padded prompts get the same positions as when run alone.
         logits_at: `[batch, k]` positions to unembed (default all): returns `[batch, k, d_vocab]`,
         skipping the unembedding elsewhere (equal to the full logits there up to float rounding).
+        return_type: "logits"; "loss" (TransformerLens's: the mean next-token cross-entropy over
+        real tokens, a scalar); None (run for the hooks' sake, return None).
         """
+        _reject_unsupported("forward", unsupported)
         input_ids, attention_mask = self.prepare_inputs(tokens, attention_mask, prepend_bos=prepend_bos,
                                                        padding_side=padding_side)
-        return self._logits(input_ids, attention_mask, logits_at)
+        return self._run(input_ids, attention_mask, logits_at, return_type)
+
+    def _run(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+             logits_at: torch.Tensor | None, return_type: str | None) -> torch.Tensor | None:
+        """`forward` on prepared inputs: logits, the next-token loss or None (see ``return_type``)."""
+        if return_type not in _RETURN_TYPES:
+            raise SelectionError(f"return_type must be one of {', '.join(map(repr, _RETURN_TYPES))}, "
+                                 f"got {return_type!r}")
+        if return_type == "loss" and logits_at is not None:
+            raise SelectionError("return_type='loss' needs the logits at every position; drop logits_at")
+        logits = self._logits(input_ids, attention_mask, logits_at)
+        if return_type == "loss":
+            return _next_token_loss(logits, input_ids, attention_mask)
+        return None if return_type is None else logits
 
     def _logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
                 logits_at: torch.Tensor | None = None) -> torch.Tensor:
@@ -131,10 +171,10 @@ class HookedModel(nn.Module):
         if attention_mask is not None and not bool(attention_mask.all()):
             kwargs["attention_mask"] = attention_mask
             kwargs["position_ids"] = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-        with self._runtime.forward_batch(input_ids.shape[0]):
+        with self._runtime.forward_batch(input_ids.shape[0]), running_with_mask(attention_mask):
             logits = self.hf(input_ids=input_ids, use_cache=False, **kwargs).logits
-        if "logits" in self._runtime.entries:
-            logits = self._runtime.fire("logits", logits)
+            if "logits" in self._runtime.entries:
+                logits = self._runtime.fire("logits", logits)
         return logits
 
     def run_from(self, layer: int, resid_pre: torch.Tensor, tokens: TokensLike,
@@ -156,14 +196,26 @@ class HookedModel(nn.Module):
                        prepend_bos: bool | None = None, padding_side: str | None = None
                        ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``(input_ids [batch, pos], attention_mask [batch, pos] or None)`` on the model's device,
-        from ids (`[pos]` or `[batch, pos]`) or text (tokenized and padded), with shape checks."""
+        from ids (`[pos]` or `[batch, pos]`) or text (tokenized and padded).
+
+        Checks: integer ids in ``[0, d_vocab)`` (`TokenIdError`), at least one prompt and one
+        token in each (`SelectionError`: ``model("")`` has nothing to run on), matching mask
+        shape; inputs longer than ``cfg.n_ctx`` give a `ContextLengthWarning` (rotary positions)
+        or a `SelectionError` (learned position embeddings, which end there).
+        """
         if isinstance(tokens, str) or (isinstance(tokens, Sequence) and not isinstance(tokens, torch.Tensor)):
             if attention_mask is not None:
                 raise SelectionError("pass attention_mask only with token ids, not with text")
+            if not isinstance(tokens, str) and not all(isinstance(t, str) for t in tokens):
+                raise ArgumentTypeError("tokens must be a LongTensor of ids, a text or a list of texts; got a "
+                                        "list holding " + ", ".join(sorted({type(t).__name__ for t in tokens})) +
+                                        " (wrap ids in torch.tensor)")
             tokens, attention_mask = self.to_tokens(tokens, prepend_bos=prepend_bos, padding_side=padding_side,
                                                     return_mask=True)
         if not isinstance(tokens, torch.Tensor):
-            raise TypeError(f"tokens must be a LongTensor or text, got {type(tokens).__name__}")
+            raise ArgumentTypeError(f"tokens must be a LongTensor or text, got {type(tokens).__name__}")
+        if tokens.dtype.is_floating_point or tokens.dtype.is_complex or tokens.dtype == torch.bool:
+            raise ArgumentTypeError(f"token ids must be an integer tensor, got dtype {tokens.dtype}")
         if tokens.ndim == 1:
             tokens = tokens[None]
             attention_mask = None if attention_mask is None else attention_mask.reshape(1, -1)
@@ -173,29 +225,63 @@ class HookedModel(nn.Module):
             raise SelectionError(
                 f"attention_mask shape {tuple(attention_mask.shape)} differs from tokens {tuple(tokens.shape)}"
             )
+        self._check_tokens(tokens, attention_mask)
         device = self.device
         return tokens.to(device), None if attention_mask is None else attention_mask.to(device)
+
+    def _check_tokens(self, tokens: torch.Tensor, attention_mask: torch.Tensor | None) -> None:
+        """Non-empty ids `[batch, pos]` inside the vocabulary; a warning past the context length."""
+        batch, length = tokens.shape
+        if batch == 0 or length == 0:
+            raise SelectionError(f"the input has no tokens (shape [{batch}, {length}]): an empty text or "
+                                 "tensor has nothing to run on; give at least one token per prompt")
+        if attention_mask is not None:
+            empty = (attention_mask.sum(-1) == 0).nonzero()[:, 0].tolist()
+            if empty:
+                raise SelectionError(f"prompt(s) {empty} have no tokens (their attention mask is all 0)")
+        check_token_ids(tokens, self.cfg.d_vocab, "the model's vocabulary (d_vocab)")
+        n_ctx = self.cfg.n_ctx
+        if n_ctx and length > n_ctx and self.cfg.positional == "learned":
+            raise SelectionError(f"the input has {length} tokens, but the model has learned position embeddings "
+                                 f"for {n_ctx} positions only (cfg.n_ctx)")
+        if n_ctx and length > n_ctx:
+            warnings.warn(f"the input has {length} tokens, more than the model's context length of {n_ctx} "
+                          "(cfg.n_ctx); results past it are outside what the model was trained on",
+                          ContextLengthWarning, stacklevel=4)
 
     # ------------------------------------------------------------------ hooks
     def _entries(self, spec: HookSpec | None, backward: bool) -> list[Entry]:
         if spec is None:
             return []
-        items = spec.items() if isinstance(spec, Mapping) else spec
         entries = []
-        for key, fn in items:
-            target = key if isinstance(key, Target) else Target(key)
+        for key, fn in _hook_items(spec):
             if not callable(fn):
-                raise TypeError(f"the hook for {target.name!r} is not callable")
-            for name in select_names(target.name, self.names):
-                entries.append(Entry(self._runtime.points[name], fn, target.heads, target.positions, backward))
+                raise ArgumentTypeError(f"the hook for {key!r} is not callable (got {type(fn).__name__})")
+            names, heads, positions = self._hook_key(key)
+            entries += [Entry(self._runtime.points[name], fn, heads, positions, backward) for name in names]
         return entries
+
+    def _hook_key(self, key: HookKey) -> tuple[list[str], Heads, Positions]:
+        """``(names, heads, positions)`` a hook key selects; the key kinds `hooks` accepts, or an error."""
+        if isinstance(key, Target):
+            return select_names(key.name, self.names), key.heads, key.positions
+        if isinstance(key, str):
+            return select_names(key, self.names), None, None
+        if callable(key):  # TransformerLens's filter: fn(name) -> bool
+            names = select_names(key, self.names)
+            if not names:
+                raise SelectionError(f"the name predicate {key!r} of a hook matches no hook point")
+            return names, None, None
+        raise ArgumentTypeError(f"a hook key must be an activation name or glob (str), an ms.at(...) target "
+                                f"or a predicate fn(name) -> bool; got {type(key).__name__} {key!r}")
 
     @contextmanager
     def hooks(self, forward: HookSpec | None = None, *, backward: HookSpec | None = None) -> Iterator[HookedModel]:
         """Activate hooks for the duration of the ``with`` block.
 
-        Keys are names, globs (``"blocks.*.attn.z"``) or `at(...)` targets; values are
-        ``fn(tensor, ctx) -> tensor | None``. A forward hook receives the activation in its
+        Keys are names, globs (``"blocks.*.attn.z"``), `at(...)` targets or predicates
+        ``fn(name) -> bool`` (TransformerLens's filters); values are ``fn(tensor, ctx) -> tensor | None``.
+        Both may also be given as a list of ``(key, fn)`` pairs. A forward hook receives the activation in its
         canonical layout and returns a replacement of the same shape, or None to keep it
         (in-place edits of the received tensor also take effect). A backward hook receives
         the gradient with respect to the activation and may return a replacement. Hooks run
@@ -236,8 +322,16 @@ class HookedModel(nn.Module):
                              for sae in saes))
 
     def run_with_hooks(self, tokens: TokensLike, forward: HookSpec | None = None, *,
-                       backward: HookSpec | None = None, **kwargs) -> torch.Tensor:
-        """``model(tokens)`` with hooks active; returns logits `[batch, pos, d_vocab]`."""
+                       backward: HookSpec | None = None, fwd_hooks: HookSpec | None = None,
+                       bwd_hooks: HookSpec | None = None, reset_hooks_end: bool = True, **kwargs) -> torch.Tensor:
+        """``model(tokens)`` with hooks active; returns logits `[batch, pos, d_vocab]` (or what
+        ``return_type`` asks for). ``fwd_hooks`` / ``bwd_hooks`` are TransformerLens's names for
+        ``forward`` / ``backward`` (lists of ``(name, fn)`` pairs); hooks are always removed at the end."""
+        forward = _alias(forward, fwd_hooks, "forward", "fwd_hooks")
+        backward = _alias(backward, bwd_hooks, "backward", "bwd_hooks")
+        if not reset_hooks_end:
+            raise UnsupportedArgumentError("reset_hooks_end=False: run_with_hooks always removes its hooks; keep "
+                                           "hooks active over several calls with `with model.hooks(...):`")
         with self.hooks(forward, backward=backward):
             return self(tokens, **kwargs)
 
@@ -257,24 +351,44 @@ class HookedModel(nn.Module):
         grad_metric: Callable[[torch.Tensor], torch.Tensor] | None = None,
         attention_mask: torch.Tensor | None = None,
         stop_early: bool = False,
-        **kwargs,
+        prepend_bos: bool | None = None,
+        padding_side: str | None = None,
+        logits_at: torch.Tensor | None = None,
+        return_type: str | None = "logits",
+        names_filter: NameSpec = None,
+        remove_batch_dim: bool = False,
+        **unsupported,
     ) -> tuple[torch.Tensor | None, ActivationCache]:
         """Run the model and record activations.
 
-        names: an exact name, glob, list of those, predicate, or None for every name.
-        positions: keep only these positions (see `selection`); the pos axis of
-          ``attn.scores``/``attn.pattern`` is the query axis.
+        names: an exact name, glob, list of those, predicate, or None for every name
+          (``names_filter`` is TransformerLens's name for it).
+        positions: keep only these positions (see `selection`; ``"last"``: each prompt's last
+          real token); the pos axis of ``attn.scores``/``attn.pattern`` is the query axis.
         device, dtype: where and how to store the cached tensors.
         grad_metric: ``fn(logits) -> scalar``; if given, backpropagates it and stores the
           gradient at every cached name in ``cache.grads`` (grad mode is enabled for it).
         Without ``grad_metric`` the run is under ``torch.no_grad()``.
         stop_early: end the forward after the deepest block the names need (harvesting): the
           logits are then None (when every name is in a block or the embeddings).
+        remove_batch_dim: (TransformerLens) for one prompt, store entries without the batch axis.
+        prepend_bos, padding_side, logits_at, return_type: as in `forward`.
         Returns ``(logits, cache)``; logits are detached.
         """
+        _reject_unsupported("run_with_cache", unsupported)
+        names = _alias(names, names_filter, "names", "names_filter")
+        if isinstance(names, Target):
+            raise ArgumentTypeError(f"run_with_cache takes names, not an ms.at(...) target; for its selection pass "
+                                    f"names={names.name!r}, positions={names.positions!r} (and index the heads "
+                                    "of the cached tensor)")
         chosen = select_names(names, self.names)
+        check_selection(None, positions)
         if stop_early and grad_metric is not None:
             raise MechscopeError("stop_early and grad_metric exclude each other: a metric needs the logits")
+        input_ids, attention_mask = self.prepare_inputs(tokens, attention_mask, prepend_bos=prepend_bos,
+                                                       padding_side=padding_side)
+        if remove_batch_dim and input_ids.shape[0] != 1:
+            raise SelectionError(f"remove_batch_dim=True needs one prompt, got a batch of {input_ids.shape[0]}")
         stop_layer = last_block_needed(self.hook_points(chosen), self.names) if stop_early else None
         acts: dict[str, torch.Tensor] = {}
         grads: dict[str, torch.Tensor] = {}
@@ -284,19 +398,20 @@ class HookedModel(nn.Module):
 
         forward = [(name, keep(acts)) for name in chosen]
         backward = [(name, keep(grads)) for name in chosen] if grad_metric is not None else None
+        logits = None  # stays None when stop_early cuts the forward off
         with self.hooks(forward, backward=backward):
             if grad_metric is None:
-                logits = None
                 with torch.no_grad(), stopping_after(self, stop_layer):
-                    logits = self(tokens, attention_mask, **kwargs)
+                    logits = self._run(input_ids, attention_mask, logits_at, return_type)
             else:
                 with torch.enable_grad():
-                    logits = self(tokens, attention_mask, **kwargs)
-                    metric = grad_metric(logits)
-                    if metric.numel() != 1:
-                        raise MechscopeError(f"grad_metric must return a scalar, got shape {tuple(metric.shape)}")
-                    metric.backward()
+                    logits = self._run(input_ids, attention_mask, logits_at, return_type)
+                    metric = checked_loss(grad_metric(logits), "grad_metric (fn(logits) -> scalar)")
+                    with running_with_mask(attention_mask):  # positions="last" in the backward recorders
+                        metric.backward()
         logits = None if logits is None else logits.detach()
+        if remove_batch_dim:
+            acts, grads = ({k: v[0] for k, v in store.items()} for store in (acts, grads))
         return logits, ActivationCache(acts, self.names, grads if grad_metric is not None else None)
 
     def unembed(self, resid: torch.Tensor) -> torch.Tensor:
@@ -381,26 +496,33 @@ class HookedModel(nn.Module):
         return (tokens, mask) if return_mask else tokens
 
     def to_string(self, tokens: torch.Tensor | Sequence[int]) -> str | list[str]:
-        """Decode `[pos]` to a string or `[batch, pos]` to a list of strings."""
+        """Decode `[pos]` to a string or `[batch, pos]` to a list of strings; ids outside the
+        tokenizer's vocabulary raise `TokenIdError`."""
         tok = self._require_tokenizer()
-        tokens = torch.as_tensor(tokens)
+        tokens = _id_tensor(tokens)
+        check_token_ids(tokens, len(tok), "the tokenizer's vocabulary")
         if tokens.ndim == 2:
             return tok.batch_decode(tokens.tolist())
         return tok.decode(tokens.tolist())
 
     def to_str_tokens(self, text_or_tokens: str | torch.Tensor | Sequence[int], *,
                       prepend_bos: bool | None = None) -> list[str]:
-        """Each token decoded on its own (``[" Mary", " and", ...]``) for one prompt."""
+        """Each token decoded on its own (``[" Mary", " and", ...]``) for one prompt; a token that
+        is only part of a UTF-8 character shows as its bytes (``"\\xe2\\x80"``), see `token_texts`.
+        For display labels with whitespace made visible use `mechscope.models.tokens.token_labels`."""
         tok = self._require_tokenizer()
         if isinstance(text_or_tokens, str):
             ids = self.to_tokens(text_or_tokens, prepend_bos=prepend_bos)[0]
         else:
-            ids = torch.as_tensor(text_or_tokens)
+            ids = _id_tensor(text_or_tokens)
             if ids.ndim == 2:
                 if ids.shape[0] != 1:
                     raise SelectionError("to_str_tokens takes one prompt; got a batch")
                 ids = ids[0]
-        return tok.batch_decode([[t] for t in ids.tolist()])
+            if ids.ndim != 1:
+                raise SelectionError(f"to_str_tokens takes ids [pos] or [1, pos], got shape {tuple(ids.shape)}")
+        check_token_ids(ids, len(tok), "the tokenizer's vocabulary")
+        return token_texts(tok, ids.tolist())
 
     def to_single_token(self, text: str) -> int:
         """The id of ``text`` if it is exactly one token, else a clear error."""
@@ -416,19 +538,16 @@ class HookedModel(nn.Module):
         Returns the full text(s) (prompt + continuation), or ids `[batch, pos + new]` with
         ``return_tokens``. Batched text prompts are left-padded.
         """
-        if isinstance(prompt, torch.Tensor):
-            ids, mask = self.prepare_inputs(prompt, prepend_bos=prepend_bos)
-        else:
-            ids, mask = self.to_tokens(prompt, prepend_bos=prepend_bos, padding_side="left", return_mask=True)
-            ids, mask = ids.to(self.device), mask.to(self.device)
-        options = dict(max_new_tokens=max_new_tokens, do_sample=do_sample)
+        ids, mask = self.prepare_inputs(prompt, prepend_bos=prepend_bos, padding_side="left")
+        options = {"max_new_tokens": max_new_tokens, "do_sample": do_sample}
         if do_sample:
             options.update(temperature=temperature, top_k=top_k, top_p=top_p)
         else:
             options.update(temperature=None, top_k=None, top_p=None)
         processors = LogitsProcessorList([_LogitsHook(self._runtime)]) if "logits" in self._runtime.entries else None
         pad = _pad_id(self.tokenizer) if self.tokenizer is not None else 0
-        with torch.no_grad(), self._runtime.forward_batch(ids.shape[0]):
+        # Left padding: positions="last" (the last index of each step) is each prompt's last token.
+        with torch.no_grad(), self._runtime.forward_batch(ids.shape[0]), running_with_mask(None):
             out = self.hf.generate(input_ids=ids, attention_mask=mask, pad_token_id=pad,
                                    logits_processor=processors, **options, **generate_kwargs)
         if return_tokens or self.tokenizer is None:
@@ -445,6 +564,77 @@ class HookedModel(nn.Module):
 _LAYER_WEIGHTS = frozenset(
     {"W_Q", "W_K", "W_V", "W_O", "b_Q", "b_K", "b_V", "b_O", "W_in", "b_in", "W_gate", "b_gate", "W_out", "b_out"}
 )
+
+
+_RETURN_TYPES = ("logits", "loss", None)
+
+# TransformerLens keyword arguments mechscope does not take, with what to write instead.
+_TRANSFORMERLENS_EQUIVALENTS = {
+    "incl_bwd": "pass grad_metric=fn(logits) -> scalar; the gradients are in cache.grads",
+    "return_cache_object": "the cache is always an ActivationCache",
+    "stop_at_layer": "run_with_cache(..., stop_early=True) stops after the deepest block the names need",
+    "start_at_layer": "model.run_from(layer, resid_pre, tokens)",
+    "loss_per_token": "compute it from the logits: return_type='logits'",
+    "clear_contexts": "hooks keep no context; state lives in your own closures",
+    "pos_slice": "positions=... (an int, list, slice, mask, ms.PerPrompt or 'last')",
+    "input": "pass the tokens as the first positional argument",
+}
+
+
+def _reject_unsupported(method: str, kwargs: dict) -> None:
+    """Raise `UnsupportedArgumentError` for keyword arguments ``method`` does not take, giving
+    the mechscope equivalent of TransformerLens ones."""
+    if not kwargs:
+        return
+    name = next(iter(kwargs))
+    equivalent = _TRANSFORMERLENS_EQUIVALENTS.get(name)
+    hint = (f" (a TransformerLens one); in mechscope: {equivalent}" if equivalent
+            else "; for TransformerLens arguments see docs/from-transformerlens.md")
+    raise UnsupportedArgumentError(f"HookedModel.{method}() takes no argument {name!r}{hint}")
+
+
+def _alias(value, alias, name: str, alias_name: str):
+    """``value``, or ``alias`` (a TransformerLens name for the same argument) when only it is given."""
+    if alias is None:
+        return value
+    if value is not None:
+        raise SelectionError(f"give {name}= or {alias_name}= (its TransformerLens name), not both")
+    return alias
+
+
+def _hook_items(spec: HookSpec) -> list[tuple[HookKey, HookFn]]:
+    """The ``(key, fn)`` pairs of a hooks dict or list of pairs."""
+    if isinstance(spec, Mapping):
+        return list(spec.items())
+    if isinstance(spec, Sequence) and not isinstance(spec, str) and all(
+            isinstance(item, Sequence) and not isinstance(item, str) and len(item) == 2 for item in spec):
+        return [tuple(item) for item in spec]
+    raise ArgumentTypeError(f"hooks must be a dict {{name: fn}} or a list of (name, fn) pairs, got "
+                            f"{type(spec).__name__} {spec!r}")
+
+
+def _next_token_loss(logits: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor | None
+                     ) -> torch.Tensor:
+    """Mean cross-entropy of each next token (scalar) from logits `[batch, pos, d_vocab]` and ids
+    `[batch, pos]`, over the pairs of real tokens (padding left out)."""
+    if input_ids.shape[1] < 2:
+        raise SelectionError("return_type='loss' needs at least 2 tokens per prompt (a token and its successor)")
+    logprobs = logits[:, :-1].float().log_softmax(-1)
+    nll = -logprobs.gather(-1, input_ids[:, 1:, None].to(logits.device))[..., 0]  # [batch, pos - 1]
+    if attention_mask is None:
+        return nll.mean()
+    real = (attention_mask[:, 1:].bool() & attention_mask[:, :-1].bool()).to(nll.dtype)
+    return (nll * real).sum() / real.sum().clamp(min=1)
+
+
+def _id_tensor(tokens: torch.Tensor | Sequence[int]) -> torch.Tensor:
+    """Token ids as an integer tensor; floats and bools raise `ArgumentTypeError`."""
+    if not isinstance(tokens, torch.Tensor):
+        empty = isinstance(tokens, Sequence) and not len(tokens)
+        tokens = torch.zeros(0, dtype=torch.long) if empty else torch.as_tensor(tokens)
+    if tokens.dtype.is_floating_point or tokens.dtype.is_complex or tokens.dtype == torch.bool:
+        raise ArgumentTypeError(f"token ids must be integers, got dtype {tokens.dtype}")
+    return tokens
 
 
 def _pad_id(tokenizer) -> int:

@@ -7,9 +7,10 @@ the model's own kernel unless this layer's pattern or scores are wanted.
 
 from __future__ import annotations
 
+import inspect
 import weakref
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -17,7 +18,17 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from ..errors import HookShapeError, MechscopeError, UnknownActivationError
+from ..errors import (
+    ExtensionError,
+    HookDeviceError,
+    HookDtypeError,
+    HookReturnError,
+    HookShapeError,
+    MechscopeError,
+    MetricError,
+    SignatureError,
+    UnknownActivationError,
+)
 from .attention import attach_attention, explicit_attention
 from .extension import NewPoint
 from .hook_points import HookPoint
@@ -28,6 +39,83 @@ if TYPE_CHECKING:
     from .hooked import HookedModel
 
 HookFn = Callable[[torch.Tensor, "HookContext"], torch.Tensor | None]
+
+
+HOOK_SIGNATURE = "fn(tensor, ctx) -> tensor | None"
+
+
+def check_signature(fn: object, n_args: int, what: str, signature: str) -> None:
+    """Raise `SignatureError` now if ``fn`` is not callable or visibly cannot take ``n_args``
+    positional arguments (``*args`` callables and `functools.partial` pass). Callables whose
+    signature cannot be read (some builtins) are checked when called, by `call_user`."""
+    if not callable(fn):
+        raise SignatureError(f"{what} must be a function {signature}, got {type(fn).__name__}")
+    try:
+        params = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return
+    try:
+        params.bind(*range(n_args))
+    except TypeError as e:
+        raise SignatureError(f"{what} is called as {signature}, but {_label(fn)}{params} cannot take "
+                             f"{n_args} positional argument{'s' if n_args > 1 else ''} ({e})") from None
+
+
+def call_user(fn: Callable, args: tuple, what: str, signature: str) -> Any:
+    """``fn(*args)`` for a user function. A `TypeError` of the call itself (not of ``fn``'s
+    body) becomes a `SignatureError` stating ``signature``; any other non-mechscope exception
+    gets a note naming ``what`` (its type is kept)."""
+    try:
+        return fn(*args)
+    except Exception as e:
+        if isinstance(e, TypeError) and e.__traceback__ is not None and e.__traceback__.tb_next is None:
+            raise SignatureError(f"{what} could not be called as {signature}: {e}") from e
+        if not isinstance(e, MechscopeError):
+            e.add_note(f"(raised in {what})")
+        raise
+
+
+def _label(fn: object) -> str:
+    return getattr(fn, "__qualname__", None) or type(fn).__name__
+
+
+def checked_replacement(result: object, like: torch.Tensor, what: str, received: str) -> torch.Tensor:
+    """The one rule for a tensor a user function returns in place of ``like`` (an activation,
+    a selection of one, or a gradient): same shape and device; a floating ``result`` of
+    another floating dtype (float64 or float32 computed for a bf16 activation, ...) is cast to
+    ``like``'s dtype; any other dtype mismatch (integer, bool, complex) is rejected. Errors
+    name ``what`` (e.g. "hook on 'blocks.3.resid_post'") and ``received`` (what it was given).
+    """
+    expected = f"a tensor of shape {tuple(like.shape)}, dtype {like.dtype} on {like.device} ({received} it received)"
+    if not isinstance(result, torch.Tensor):
+        raise HookReturnError(f"{what} returned {type(result).__name__}, expected {expected} or None")
+    if result.shape != like.shape:
+        raise HookShapeError(f"{what} returned {tuple(result.shape)}, expected a tensor of shape "
+                             f"{tuple(like.shape)} ({received} it received)")
+    if result.device != like.device:
+        raise HookDeviceError(f"{what} returned a tensor on {result.device}, expected one on {like.device} "
+                              f"(where {received} it received is)")
+    if result.dtype != like.dtype:
+        if not (result.dtype.is_floating_point and like.dtype.is_floating_point):
+            raise HookDtypeError(f"{what} returned dtype {result.dtype}, expected {like.dtype} (the dtype of "
+                                 f"{received} it received; floating returns are cast to it, others are rejected)")
+        result = result.to(like.dtype)
+    return result
+
+
+def checked_loss(value: object, what: str) -> torch.Tensor:
+    """``value`` if it is a scalar tensor that can be backpropagated (it depends on the
+    logits, with grad mode on); otherwise a `MetricError` naming ``what``."""
+    if not isinstance(value, torch.Tensor):
+        raise MetricError(f"{what} must return a scalar tensor computed from the logits, got {type(value).__name__}")
+    if value.numel() != 1:
+        raise MetricError(f"{what} must return a scalar, got shape {tuple(value.shape)}")
+    if not value.requires_grad:
+        raise MetricError(f"{what} returned a tensor with no gradient: it does not depend on the logits "
+                          "(a constant, or computed with .detach(), .item(), numpy or under torch.no_grad())")
+    if not value.dtype.is_floating_point:
+        raise MetricError(f"{what} must return a real floating scalar, got dtype {value.dtype}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -43,7 +131,8 @@ class HookContext:
 
 @dataclass(eq=False)
 class Entry:
-    """One function registered on one hook point (forward, or backward on the gradient)."""
+    """One function registered on one hook point (forward, or backward on the gradient).
+    ``fn``'s signature is checked here, at registration (see `check_signature`)."""
 
     point: HookPoint
     fn: HookFn
@@ -51,28 +140,26 @@ class Entry:
     positions: Positions = None
     backward: bool = False
     context: HookContext = field(init=False)
+    what: str = field(init=False)  # how errors name it: "hook on 'blocks.3.resid_post'"
 
     def __post_init__(self) -> None:
         self.context = HookContext(self.point.name, self.point.layer, self.point, self.heads, self.positions)
+        self.what = f"{'backward ' if self.backward else ''}hook on {self.point.name!r}"
+        check_signature(self.fn, 2, self.what, HOOK_SIGNATURE)
 
     def run(self, x: torch.Tensor) -> torch.Tensor:
-        """Call ``fn`` on the selected part of ``x``; return ``x`` with its replacement."""
+        """Call ``fn`` on the selected part of ``x``; return ``x`` with its replacement, which
+        must pass `checked_replacement`."""
         index = index_for(x.shape, self.point.pos_dim, self.point.head_dim, self.heads, self.positions, x.device)
         part = x if index is None else x[index]
-        result = self.fn(part, self.context)
+        result = call_user(self.fn, (part, self.context), self.what, HOOK_SIGNATURE)
         if result is None:
             if index is None:
                 return x
             result = part  # the selection is a copy: carry in-place edits back
-        if not isinstance(result, torch.Tensor) or result.shape != part.shape:
-            got = tuple(result.shape) if isinstance(result, torch.Tensor) else type(result).__name__
-            raise HookShapeError(
-                f"hook on {self.point.name!r} returned {got}, expected a tensor of shape "
-                f"{tuple(part.shape)} (the activation{' selection' if index is not None else ''} it received)"
-            )
-        if index is None:
-            return result
-        return x.index_put(index, result.to(x.dtype))
+        received = ("the gradient" if self.backward else "the activation") + (" selection" if index is not None else "")
+        result = checked_replacement(result, part, self.what, received)
+        return result if index is None else x.index_put(index, result)
 
 
 class HookRuntime:
@@ -107,11 +194,14 @@ class HookRuntime:
         already computed from it). They fire only through `fire`. Returns their `HookPoint`s."""
         names = self.model.names
         added: list[HookPoint] = []
+        if isinstance(new, (str, NewPoint)) or not isinstance(new, Iterable):
+            raise ExtensionError(f"an extension's hook_points() must return a sequence of NewPoint objects, got "
+                                 f"{type(new).__name__}")
         try:
             for spec in new:
                 if not isinstance(spec, NewPoint):
-                    raise TypeError(f"an extension's hook_points() must return NewPoint objects, got "
-                                    f"{type(spec).__name__}")
+                    raise ExtensionError(f"an extension's hook_points() must return NewPoint objects, got "
+                                         f"{type(spec).__name__}")
                 if spec.name in self.points:
                     raise MechscopeError(f"{spec.name!r} already exists (is the extension that adds it attached twice?)")
                 source = self.points.get(spec.source)

@@ -10,6 +10,12 @@ A run folder holds ``activations/`` (the shard cache, shared by every SAE traine
 ``eval.json``. The corpus is cut into windows of ``--context-size`` tokens, shuffled with
 ``--seed``; the last ``--eval-windows`` windows are held out of training for ``eval``. Every
 step must be given the same data options (the activation cache refuses other windows).
+
+Every argument is checked before the model loads (`check_args`): ranges, output paths,
+activation names (against the model's names, read from its config alone), a saved SAE's
+hook and width, and with ``--resume`` the checkpoint's settings. ``--dtype auto`` (the
+default) harvests in bf16 where the hardware computes it natively, else in fp32
+(`models.hardware.default_dtype`), and says which.
 """
 
 from __future__ import annotations
@@ -21,14 +27,19 @@ import os
 import re
 from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+from ..errors import ArgumentError, CheckpointMismatchError, ModelNotFoundError, OutputPathError, SelectionError
 
-from ..errors import SelectionError
-from .architectures import ARCHITECTURES, get_architecture
-from .modules import SAE, SAEConfig
+if TYPE_CHECKING:
+    import torch
+
+    from ..models.hook_points import HookPoint
+    from .modules import SAE, SAEConfig
+    from .train import TrainConfig
 
 _SUFFIXES = {"": 1, "k": 10**3, "m": 10**6, "b": 10**9}
+DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
 def parse_count(text: str) -> int:
@@ -39,38 +50,42 @@ def parse_count(text: str) -> int:
     return round(float(match.group(1)) * _SUFFIXES[match.group(2).lower()])
 
 
-def add_parsers(sub: argparse._SubParsersAction) -> None:
-    """The ``sae`` command and its subcommands."""
-    sae = sub.add_parser("sae", help="harvest activations, train and evaluate SAEs and transcoders")
+def add_parsers(sub: argparse._SubParsersAction, parents: tuple[argparse.ArgumentParser, ...] = ()) -> None:
+    """The ``sae`` command and its subcommands (``parents``: options every subcommand takes).
+    Builds without importing torch."""
+    sae = sub.add_parser("sae", help="harvest activations, train and evaluate SAEs and transcoders",
+                         parents=list(parents))
     steps = sae.add_subparsers(dest="sae_command", required=True)
 
-    def data_options(parser: argparse.ArgumentParser) -> None:
+    def step(name: str, help: str) -> argparse.ArgumentParser:
+        parser = steps.add_parser(name, help=help, parents=list(parents))
         parser.add_argument("--model", default="smollm2-135m")
-        parser.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"],
-                            help="the model's dtype while harvesting (activations are stored in it)")
+        parser.add_argument("--dtype", default="auto", choices=DTYPES,
+                            help="the model's dtype while harvesting (activations are stored in it); auto: bfloat16 "
+                                 "where the device computes it natively, else float32")
         parser.add_argument("--corpus", default="wikipedia+python_stdlib",
                             help="'+'-joined corpora: wikipedia, python_stdlib, hf:<dataset>[:<split>:<column>], a file")
         parser.add_argument("--max-chars", type=parse_count, default=None,
                             help="read at most this many characters of each streamed (hf:) corpus; give every "
                                  "step the same value, so that they cut the same windows")
-        parser.add_argument("--context-size", type=int, default=128)
+        parser.add_argument("--context-size", type=int, default=128, help="tokens per window (at least 2)")
         parser.add_argument("--eval-windows", type=int, default=256, help="windows held out of training")
         parser.add_argument("--seed", type=int, default=0)
         parser.add_argument("--device", default=None)
+        return parser
 
-    harvest = steps.add_parser("harvest", help="fill an activation cache (resumable)")
-    data_options(harvest)
+    harvest = step("harvest", "fill an activation cache (resumable)")
     harvest.add_argument("--hook", required=True, action="append", help="activation name (repeatable)")
     harvest.add_argument("--tokens", type=parse_count, default=None, help="at most this many tokens")
     harvest.add_argument("--activations", required=True, help="cache folder")
 
-    train = steps.add_parser("train", help="train an SAE or transcoder (harvesting first if needed)")
-    data_options(train)
+    train = step("train", "train an SAE or transcoder (harvesting first if needed)")
     train.add_argument("--hook", required=True, help="the activation the SAE reads")
     train.add_argument("--output-hook", default=None, help="transcoders: the activation reconstructed")
     train.add_argument("--skip-connection", action="store_true")
-    train.add_argument("--arch", default="topk", choices=list(ARCHITECTURES))
-    train.add_argument("--k", type=int, default=32)
+    train.add_argument("--arch", default="topk",
+                       help="a registered SAE architecture: topk (default), batchtopk, relu, jumprelu, ...")
+    train.add_argument("--k", type=int, default=32, help="active latents per token (topk, batchtopk)")
     train.add_argument("--d-sae", type=int, required=True)
     train.add_argument("--tokens", type=parse_count, required=True, help="training tokens (the cache is reread if smaller)")
     train.add_argument("--batch-size", type=int, default=4096)
@@ -85,18 +100,15 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     train.add_argument("--outlier-ratio", type=float, default=10.0,
                        help="drop tokens whose norm is over this many times the median (attention-sink outliers)")
     train.add_argument("--activations", default=None, help="cache folder (default OUT/activations)")
-    train.add_argument("--out", required=True)
+    train.add_argument("--out", required=True, help="the run folder")
     train.add_argument("--resume", action="store_true")
 
-    evaluate = steps.add_parser("eval", help="evaluate a saved SAE on the held-out windows")
-    data_options(evaluate)
+    evaluate = step("eval", "evaluate a saved SAE on the held-out windows")
     evaluate.add_argument("--sae", required=True, help="a folder in any format load_sae reads")
     evaluate.add_argument("--batch-size", type=int, default=16)
     evaluate.add_argument("--out", default=None, help="write the metrics as JSON here")
 
-
-    dashboard = steps.add_parser("dashboard", help="latent statistics, an HTML dashboard and a Neuronpedia-style JSON")
-    data_options(dashboard)
+    dashboard = step("dashboard", "latent statistics, an HTML dashboard and a Neuronpedia-style JSON")
     dashboard.add_argument("--sae", required=True, help="a folder in any format load_sae reads")
     dashboard.add_argument("--windows", type=int, default=2048, help="training windows to collect statistics on")
     dashboard.add_argument("--latents", type=int, default=1000,
@@ -106,9 +118,199 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     dashboard.add_argument("--neuronpedia", default=None, help="also write the Neuronpedia-style JSON here")
 
 
+# --------------------------------------------------------------------------- checks before any work
+
+# option dest -> the smallest value it may take (options a subcommand lacks, or left unset, are skipped)
+_AT_LEAST = {"context_size": 2, "eval_windows": 0, "max_chars": 1, "tokens": 1, "batch_size": 1, "k": 1,
+             "d_sae": 1, "checkpoint_every": 1, "dead_window": 1, "windows": 1, "latents": 0}
+_POSITIVE = ("lr", "outlier_ratio")  # floats that must be > 0 (NaN is refused too)
+_NOT_NEGATIVE = ("l1_coefficient", "l0_coefficient")
+
+
+def _option(dest: str) -> str:
+    return "--" + dest.replace("_", "-")
+
+
+def check_ranges(args: argparse.Namespace) -> None:
+    """An `ArgumentError` listing every numeric option out of its range (no model, no torch)."""
+    problems = []
+    for dest, low in _AT_LEAST.items():
+        value = getattr(args, dest, None)
+        if value is not None and value < low:
+            problems.append(f"{_option(dest)} must be at least {low}, got {value}")
+    for dest in _POSITIVE:
+        value = getattr(args, dest, None)
+        if value is not None and not value > 0:
+            problems.append(f"{_option(dest)} must be positive, got {value}")
+    for dest in _NOT_NEGATIVE:
+        value = getattr(args, dest, None)
+        if value is not None and not value >= 0:
+            problems.append(f"{_option(dest)} must be zero or positive, got {value}")
+    if problems:
+        raise ArgumentError("; ".join(problems))
+
+
+def _folder_path(path: str | None, option: str) -> None:
+    """An `OutputPathError` when ``path`` (a folder to write) or a parent of it is a file."""
+    if path is None:
+        return
+    for candidate in (Path(path), *Path(path).parents):
+        if candidate.exists():
+            if not candidate.is_dir():
+                what = "is a file" if candidate == Path(path) else f"is inside the file {str(candidate)!r}"
+                raise OutputPathError(f"{option} {path!r} {what}; it must be a folder")
+            return
+
+
+def _file_path(path: str | None, option: str) -> None:
+    """An `OutputPathError` when ``path`` (a file to write) is a folder or its parent a file."""
+    if path is None:
+        return
+    if Path(path).is_dir():
+        raise OutputPathError(f"{option} {path!r} is a folder; it must be a file name")
+    _folder_path(str(Path(path).parent), f"the folder of {option}")
+
+
+def check_paths(args: argparse.Namespace) -> None:
+    """Output paths that cannot be written: a run or cache folder that is a file, an output
+    file that is a folder."""
+    command = args.sae_command
+    _folder_path(getattr(args, "activations", None), "--activations")
+    if command == "train":
+        _folder_path(args.out, "--out")
+    elif command in ("eval", "dashboard"):
+        _file_path(args.out, "--out")
+        _file_path(getattr(args, "neuronpedia", None), "--neuronpedia")
+
+
+def model_hook_points(model: str) -> dict[str, HookPoint]:
+    """The hook points ``{name: HookPoint}`` that ``ms.load(model)`` would have, read from the
+    model's config alone (no weights): a bundled model's cached config (or its GGUF header), a
+    local folder's ``config.json``, a GGUF file's header, or a hub id's config."""
+    from transformers import AutoConfig
+
+    from ..models.adapters import get_adapter
+    from ..models.bundled import BUNDLED, gguf_path
+    from ..models.config import build_config
+    from ..models.hook_points import build_hook_points
+    from ..paths import cache_path
+
+    if model in BUNDLED and (cache_path("models", model) / "config.json").is_file():
+        source, extra = str(cache_path("models", model)), {}
+    elif model in BUNDLED:
+        gguf = gguf_path(model)
+        source, extra = str(gguf.parent), {"gguf_file": gguf.name}
+    elif model.endswith(".gguf"):
+        source, extra = str(Path(model).parent), {"gguf_file": Path(model).name}
+    else:
+        source, extra = model, {}
+    try:
+        config = AutoConfig.from_pretrained(source, **extra)
+    except (OSError, ValueError) as error:
+        raise ModelNotFoundError(f"cannot read the config of model {model!r} (a bundled name, a local folder or "
+                                 f"file, or a Hugging Face hub id): {str(error).splitlines()[0][:300]}") from error
+    adapter = get_adapter(config.model_type)
+    return {p.name: p for p in build_hook_points(adapter, build_config(config, adapter, False))}
+
+
+def _point(points: dict[str, HookPoint], name: str, option: str) -> HookPoint:
+    """The point of an exact, per-token activation name given as ``option``."""
+    from ..data.harvest import check_per_token
+    from ..errors import UnknownActivationError
+
+    if any(c in name for c in "*?["):
+        raise SelectionError(f"{option} takes exact activation names, not the pattern {name!r}")
+    if name not in points:
+        raise UnknownActivationError(name, points)
+    return check_per_token(points[name])
+
+
+def _sae_for_model(args: argparse.Namespace, points: dict[str, HookPoint]) -> SAE:
+    """``--sae``, loaded, with its activation names and widths checked against the model."""
+    from .formats import load_sae
+    from .splice import check_sae_names, check_width
+
+    sae = load_sae(args.sae)
+    reads, writes = check_sae_names(sae.cfg)
+    check_width(_point(points, reads, "the SAE's hook_name"), sae.cfg.d_in, "reads d_in")
+    if sae.cfg.is_transcoder:
+        check_width(_point(points, writes, "the SAE's output_hook_name"), sae.cfg.d_output, "writes d_out")
+    return sae
+
+
+def check_args(args: argparse.Namespace) -> dict:
+    """Check ``mechscope sae <step>``'s arguments before any model load or harvest: ranges,
+    paths, activation names, a saved SAE, and a training run's configs and checkpoint.
+    Returns what the checks built and the step reuses (``points``, ``sae``, ``configs``)."""
+    check_ranges(args)
+    check_paths(args)
+    found: dict = {"points": model_hook_points(args.model)}
+    if args.sae_command == "harvest":
+        for name in args.hook:
+            _point(found["points"], name, "--hook")
+    elif args.sae_command == "train":
+        found["configs"] = _train_configs(args, found["points"])
+        _check_resume(args, *found["configs"])
+    else:
+        found["sae"] = _sae_for_model(args, found["points"])
+    return found
+
+
+def _train_configs(args: argparse.Namespace, points: dict[str, HookPoint]) -> tuple[SAEConfig, TrainConfig]:
+    """The SAE and training configs of ``sae train`` (what its checkpoint records)."""
+    from ..data.harvest import token_width
+    from .architectures import get_architecture
+    from .modules import SAEConfig
+    from .train import TrainConfig
+
+    arch = get_architecture(args.arch)
+    if args.output_hook and args.arch in ("topk", "batchtopk"):
+        raise ArgumentError(f"SAELens's layout (what `sae train` saves) has no {args.arch} transcoder: use --arch relu "
+                            "or jumprelu for a transcoder here (the Python API trains any)")
+    if arch.uses_k and args.k > args.d_sae:
+        raise ArgumentError(f"--k {args.k} is more than --d-sae {args.d_sae}: a TopK SAE keeps k of its d_sae latents")
+    if args.tokens < args.batch_size:
+        raise ArgumentError(f"--tokens {args.tokens} is less than one batch (--batch-size {args.batch_size})")
+    d_in = token_width(_point(points, args.hook, "--hook"))
+    d_out = token_width(_point(points, args.output_hook, "--output-hook")) if args.output_hook else None
+    cfg = SAEConfig(d_in=d_in, d_sae=args.d_sae, architecture=args.arch, k=args.k if arch.uses_k else None,
+                    d_out=d_out, skip_connection=args.skip_connection, hook_name=args.hook,
+                    output_hook_name=args.output_hook, model_name=args.model)
+    overrides = {"lr": args.lr, "l1_coefficient": args.l1_coefficient, "l0_coefficient": args.l0_coefficient}
+    config = TrainConfig(steps=args.tokens // args.batch_size, normalize=args.normalize, autocast=args.autocast,
+                         checkpoint_every=args.checkpoint_every, seed=args.seed,
+                         dead_window_tokens=args.dead_window or min(10_000_000, args.tokens // 5),
+                         **{k: v for k, v in overrides.items() if v is not None})
+    return cfg, config
+
+
+def _check_resume(args: argparse.Namespace, cfg: SAEConfig, config: TrainConfig) -> None:
+    """With ``--resume``, a `CheckpointMismatchError` when the run folder's checkpoint was
+    written for another SAE or training config (the settings `train.train_sae` records)."""
+    from ..checkpoint import checkpoint_meta
+    from ..training import checkpoint_history
+
+    checkpoint = Path(args.out) / "checkpoint.safetensors"
+    if not (args.resume and checkpoint.is_file()):
+        return
+    stored = checkpoint_meta(checkpoint).get("settings") or {}
+    wanted = json.loads(json.dumps({"config": asdict(config), "sae": cfg.to_dict()}))
+    differing = [f"{part}.{key}: checkpoint {stored.get(part, {}).get(key)!r}, now {value!r}"
+                 for part in ("sae", "config") for key, value in wanted[part].items()
+                 if (stored.get(part) or {}).get(key) != value]
+    if differing:
+        raise CheckpointMismatchError(f"--resume: {checkpoint} was written by a run with other settings "
+                                      f"({'; '.join(differing)}); give the same options or another --out")
+    step, runs = checkpoint_history(checkpoint)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"resuming {checkpoint} at step {step} of {config.steps} ({config.steps - step} steps left; "
+          f"steps run so far: {', '.join(f'{a}..{b}' for a, b in runs)})")
+
+
 def run(args: argparse.Namespace) -> None:
-    """Dispatch ``mechscope sae <step>``."""
-    {"harvest": _harvest, "train": _train, "eval": _eval, "dashboard": _dashboard}[args.sae_command](args)
+    """Run ``mechscope sae <step>`` once its arguments pass `check_args`."""
+    found = check_args(args)
+    {"harvest": _harvest, "train": _train, "eval": _eval, "dashboard": _dashboard}[args.sae_command](args, found)
 
 
 def _windows(args: argparse.Namespace, model) -> tuple[torch.Tensor, torch.Tensor]:
@@ -122,17 +324,34 @@ def _windows(args: argparse.Namespace, model) -> tuple[torch.Tensor, torch.Tenso
     return windows[: -args.eval_windows or None], windows[len(windows) - args.eval_windows :]
 
 
+def model_dtype(args: argparse.Namespace) -> str:
+    """The dtype name ``--dtype`` asks for (``auto``: `models.hardware.default_dtype` of ``--device``)."""
+    if args.dtype != "auto":
+        return args.dtype
+    from ..models.hardware import default_dtype, dtype_name
+
+    return dtype_name(default_dtype(args.device))
+
+
 def _load_model(args: argparse.Namespace):
+    import torch
+
+    from ..models.hardware import describe
     from ..models.loading import load
 
-    return load(args.model, dtype=getattr(torch, args.dtype), device=args.device)
+    dtype = model_dtype(args)
+    if int(os.environ.get("RANK", "0")) == 0:
+        how = f"--dtype auto: {describe(args.device)}" if args.dtype == "auto" else "--dtype"
+        print(f"loading {args.model} in {dtype} ({how})")
+    return load(args.model, dtype=getattr(torch, dtype), device=args.device)
 
 
 def _spec(args: argparse.Namespace, hooks: list[str]):
     from .store import StoreSpec
 
+    dtype = model_dtype(args)
     return StoreSpec(args.model, tuple(hooks), context_size=args.context_size, corpus=args.corpus,
-                     dtype=args.dtype, model_dtype=args.dtype)
+                     dtype=dtype, model_dtype=dtype)
 
 
 def _fill_cache(args: argparse.Namespace, model, hooks: list[str], folder: Path, max_tokens: int | None,
@@ -148,49 +367,38 @@ def _fill_cache(args: argparse.Namespace, model, hooks: list[str], folder: Path,
     return n_tokens
 
 
-def _harvest(args: argparse.Namespace) -> None:
+def _harvest(args: argparse.Namespace, found: dict) -> None:
     _fill_cache(args, _load_model(args), args.hook, Path(args.activations), args.tokens)
 
 
-def _train(args: argparse.Namespace) -> None:
+def _train(args: argparse.Namespace, found: dict) -> None:
     """Single process, or data parallel under ``torchrun`` (each rank harvests every
     world-th window into its own cache, ``<activations>/rank<r>``, and trains on
     ``--batch-size / world`` of each global batch; rank 0 saves)."""
-    from .formats import save_saelens
-    from .store import training_batches
-    from .train import TrainConfig, train_sae
+    import torch
 
+    from .formats import save_saelens
+    from .modules import SAE
+    from .store import training_batches
+    from .train import train_sae
+
+    cfg, config = found["configs"]
     out = Path(args.out)
     folder = Path(args.activations) if args.activations else out / "activations"
-    if args.output_hook and args.arch in ("topk", "batchtopk"):
-        raise SelectionError(f"SAELens's layout (what `sae train` saves) has no {args.arch} transcoder: use --arch relu "
-                             "or jumprelu for a transcoder here (the Python API trains any)")
     rank, world = _start_distributed()
     if world > 1:
         if args.batch_size % world:
-            raise SelectionError(f"--batch-size {args.batch_size} must divide evenly over {world} ranks")
+            raise ArgumentError(f"--batch-size {args.batch_size} must divide evenly over {world} ranks")
         folder = folder / f"rank{rank}"
     hooks = [args.hook] + ([args.output_hook] if args.output_hook else [])
     model = _load_model(args)
     n_cached = _fill_cache(args, model, hooks, folder, args.tokens, rank, world)
     del model  # training reads the cache only
     spec = _spec(args, hooks)
-    d_in = _width(folder, args.hook)
-    d_out = _width(folder, args.output_hook) if args.output_hook else None
-    cfg = SAEConfig(d_in=d_in, d_sae=args.d_sae, architecture=args.arch,
-                    k=args.k if get_architecture(args.arch).uses_k else None, d_out=d_out,
-                    skip_connection=args.skip_connection, hook_name=args.hook, output_hook_name=args.output_hook,
-                    model_name=args.model)
-    steps, local_batch = args.tokens // args.batch_size, args.batch_size // world
+    steps, local_batch = config.steps, args.batch_size // world
     per_pass = n_cached // local_batch  # full batches in one pass over this rank's cache
-    if steps < 1 or per_pass < 1:
-        raise SelectionError(f"--tokens {args.tokens} and the cache's {n_cached} tokens must each hold at least "
-                             f"one batch of {local_batch}")
-    dead_window = args.dead_window or min(10_000_000, args.tokens // 5)
-    overrides = {"lr": args.lr, "l1_coefficient": args.l1_coefficient, "l0_coefficient": args.l0_coefficient}
-    config = TrainConfig(steps=steps, normalize=args.normalize, autocast=args.autocast,
-                         checkpoint_every=args.checkpoint_every, seed=args.seed,
-                         dead_window_tokens=dead_window, **{k: v for k, v in overrides.items() if v is not None})
+    if per_pass < 1:
+        raise SelectionError(f"the cache's {n_cached} tokens do not hold one batch of {local_batch}")
     epochs = math.ceil(steps / per_pass)
     batches = training_batches(folder, spec, local_batch, input_name=args.hook, target_name=args.output_hook,
                                seed=args.seed + rank, epochs=epochs, outlier_ratio=args.outlier_ratio,
@@ -213,6 +421,7 @@ def _start_distributed() -> tuple[int, int]:
     """``(rank, world)``: joins the process group when launched by ``torchrun`` with several ranks."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return 0, 1
+    import torch
     from torch import distributed as dist
 
     if not dist.is_initialized():
@@ -220,19 +429,11 @@ def _start_distributed() -> tuple[int, int]:
     return dist.get_rank(), dist.get_world_size()
 
 
-def _width(folder: Path, name: str) -> int:
-    from safetensors import safe_open
-
-    with safe_open(str(folder / "shard_00000.safetensors"), "pt") as handle:
-        return handle.get_slice(name).get_shape()[-1]
-
-
-def _eval(args: argparse.Namespace) -> None:
+def _eval(args: argparse.Namespace, found: dict) -> None:
     from .evaluate import evaluate_sae
-    from .formats import load_sae
 
     model = _load_model(args)
-    sae = load_sae(args.sae).to(model.device)
+    sae = found["sae"].to(model.device)
     _, held_out = _windows(args, model)
     result = evaluate_sae(model, sae, held_out, batch_size=args.batch_size)
     metrics = result.to_dict()
@@ -242,12 +443,11 @@ def _eval(args: argparse.Namespace) -> None:
         Path(args.out).write_text(json.dumps(metrics, indent=2))
 
 
-def _dashboard(args: argparse.Namespace) -> None:
+def _dashboard(args: argparse.Namespace, found: dict) -> None:
     from .features import collect_features
-    from .formats import load_sae
 
     model = _load_model(args)
-    sae = load_sae(args.sae).to(model.device)
+    sae = found["sae"].to(model.device)
     train_windows, _ = _windows(args, model)
     features = collect_features(model, sae, train_windows[: args.windows], batch_size=args.batch_size)
     alive = (features.fire_counts > 0).nonzero().squeeze(-1).tolist()

@@ -1,14 +1,16 @@
 """A self-contained HTML dashboard of SAE latents: one file, no network, a searchable list and a
 page per latent (``#<latent>`` in the URL) with its statistics, activation histogram, logit
-effects, top-activating contexts and examples at activation quantiles."""
+effects, top-activating contexts and examples at activation quantiles. Tokens are shown as
+labels (`models.tokens.visible`: decoded text, ``·`` for a space, ``↵`` for a newline)."""
 
 from __future__ import annotations
 
 import html
 import json
 from pathlib import Path
-
 from typing import TYPE_CHECKING
+
+from ..models.tokens import visible
 
 if TYPE_CHECKING:
     from .features import LatentReport
@@ -104,6 +106,17 @@ show(location.hash.slice(1) || (data.length ? data[0].latent : ''));
 """
 
 
+def _shown(report: dict) -> dict:
+    """A report's dict (`LatentReport.to_dict`) with every token as its visible label."""
+    def example(e: dict) -> dict:
+        return {**e, "tokens": [visible(t) for t in e["tokens"]]}
+
+    return {**report, "top_examples": [example(e) for e in report["top_examples"]],
+            "quantiles": [{**g, "examples": [example(e) for e in g["examples"]]} for g in report["quantiles"]],
+            "promoted": [(visible(t), v) for t, v in report["promoted"]],
+            "suppressed": [(visible(t), v) for t, v in report["suppressed"]]}
+
+
 def _embed(payload) -> str:
     return json.dumps(payload).replace("</", "<\\/")
 
@@ -119,7 +132,7 @@ def write_dashboard(path: Path, reports: list[LatentReport], meta: dict, edges: 
 <div id="side"><div style="padding:8px 10px 0"><b>{html.escape(title)}</b><div class="muted">{html.escape(header)}</div></div>
 <input id="search" placeholder="search: latent, label, token"><div id="list"></div></div>
 <div id="main"></div>
-<script type="application/json" id="latents">{_embed([r.to_dict() for r in reports])}</script>
+<script type="application/json" id="latents">{_embed([_shown(r.to_dict()) for r in reports])}</script>
 <script type="application/json" id="meta">{_embed(meta)}</script>
 <script type="application/json" id="edges">{_embed(edges)}</script>
 <script>{_SCRIPT}</script>

@@ -28,7 +28,7 @@ from ..models.hooked import HookedModel
 from ..result import Result
 from ..viz import figures
 from .modules import SAE
-from .splice import splice_hooks
+from .splice import check_sae_names, splice_hooks
 
 
 @dataclass
@@ -103,7 +103,7 @@ def evaluate_sae(model: HookedModel, sae: SAE, tokens: torch.Tensor, *, batch_si
     (`data.harvest.massive_tokens`, the attention-sink outliers): what SAE training leaves out too. Position 0 and the outliers are neither spliced
     nor zero-ablated; special tokens are (in both runs) but not counted in FVE, L0, density."""
     cfg = sae.cfg
-    target_name = cfg.output_hook_name if cfg.is_transcoder else cfg.hook_name
+    input_name, target_name = check_sae_names(cfg)
     sums = dict.fromkeys(("sq_err", "cos", "l0", "ce_clean", "ce_sae", "ce_zero", "kl_sae", "kl_zero"), 0.0)
     fired = torch.zeros(cfg.d_sae)
     y_sum, y_sq_sum = torch.zeros(cfg.d_output, dtype=torch.float64), 0.0
@@ -111,13 +111,14 @@ def evaluate_sae(model: HookedModel, sae: SAE, tokens: torch.Tensor, *, batch_si
     splice = splice_hooks(sae, skip_first=skip_first, outlier_ratio=outlier_ratio)
     with torch.no_grad():
         for batch in tokens.split(batch_size):
-            clean_logits, cache = model.run_with_cache(batch, list(dict.fromkeys([cfg.hook_name, target_name])))
-            left = massive_tokens(cache[cfg.hook_name], outlier_ratio)  # not spliced, not zero-ablated
+            clean_logits, cache = model.run_with_cache(batch, list(dict.fromkeys([input_name, target_name])))
+            x_all = cache[input_name].flatten(2)  # [b, p, d_in]; per-head activations flattened
+            left = massive_tokens(x_all, outlier_ratio)  # not spliced, not zero-ablated
             if skip_first:
                 left[:, 0] = True
             kept = ~left & token_mask(model, batch, skip_first=False).to(left.device)  # counted in the metrics
-            x = cache[cfg.hook_name][kept].to(sae.W_enc.dtype)
-            y = cache[target_name][kept].double()
+            x = x_all[kept].to(sae.W_enc.dtype)
+            y = cache[target_name].flatten(2)[kept].double()
             latents = sae.encode(x)
             y_hat = sae.decode(latents, x).double()
             sums["sq_err"] += float(((y - y_hat) ** 2).sum())
@@ -129,7 +130,8 @@ def evaluate_sae(model: HookedModel, sae: SAE, tokens: torch.Tensor, *, batch_si
             n_tokens += y.shape[0]
             with model.hooks(splice):
                 sae_logits = model(batch)
-            with model.hooks({target_name: lambda y, ctx, left=left: y * left[..., None].to(y.dtype)}):  # zero where evaluated
+            keep = left.reshape(*left.shape, *[1] * (cache[target_name].ndim - 2))  # [b, p, 1(, 1)]
+            with model.hooks({target_name: lambda y, ctx, keep=keep: y * keep.to(y.dtype)}):  # zero where evaluated
                 zero_logits = model(batch)
             for name, logits in (("clean", clean_logits), ("sae", sae_logits), ("zero", zero_logits)):
                 sums[f"ce_{name}"] += float(_next_token_loss(logits, batch).sum())

@@ -30,18 +30,21 @@ from tqdm.auto import tqdm
 from ..data.harvest import massive_tokens, token_mask
 from ..errors import ResultMismatchError, SelectionError
 from ..models.hooked import HookedModel
+from ..models.tokens import token_texts, visible
 from ..result import Result
 from ..viz import figures
 from .dashboard import write_dashboard
 from .modules import SAE
+from .splice import check_sae_names
 
 HISTOGRAM_EDGES = torch.logspace(-3, 3, 61)  # non-zero activations from 1e-3 to 1e3, 10 bins a decade
 
 
 @dataclass
 class Example:
-    """One context: its tokens (as strings), the latent's activation on each, and where it peaks
-    (``peak`` indexes ``tokens``; ``start`` is where they begin in the window)."""
+    """One context: its tokens (each decoded on its own, `models.tokens.token_texts`: ``" Mary"``),
+    the latent's activation on each, and where it peaks (``peak`` indexes ``tokens``; ``start``
+    is where they begin in the window). Displays show the tokens as `models.tokens.visible` labels."""
 
     window: int
     tokens: list[str]
@@ -91,9 +94,10 @@ class LatentReport(Result):
     def to_dataframe(self) -> pd.DataFrame:
         """One row per token of every example shown: ``group`` ("top" or the quantile group),
         ``example`` (its index in the group), ``window``, ``position`` (in the window),
-        ``offset`` (from the example's peak), ``token``, ``activation``, ``peak``."""
+        ``offset`` (from the example's peak), ``token`` (its label: decoded text, whitespace made
+        visible, ``"·Mary"``), ``activation``, ``peak``."""
         rows = [{"group": group, "example": i, "window": e.window, "position": e.start + t, "offset": t - e.peak,
-                 "token": token, "activation": float(value), "peak": t == e.peak}
+                 "token": visible(token), "activation": float(value), "peak": t == e.peak}
                 for group, i, e in self._examples() for t, (token, value) in enumerate(zip(e.tokens, e.values))]
         columns = ["group", "example", "window", "position", "offset", "token", "activation", "peak"]
         return pd.DataFrame(rows, columns=columns)
@@ -216,7 +220,8 @@ class FeatureData(Result):
     def logit_effects(self, model: HookedModel, sae: SAE, latents: Sequence[int], k: int = 10) -> list[tuple[list, list]]:
         """Per latent, the ``k`` tokens whose logits its decoder direction raises most and
         lowers most: ``(W_dec[j] through the final norm) @ W_U``, the norm's input scale frozen
-        (at 1: rankings do not depend on it). Returns ``[(promoted, suppressed)]`` of (token, value)."""
+        (at 1: rankings do not depend on it). Returns ``[(promoted, suppressed)]`` of (token, value),
+        tokens as decoded text (`models.tokens.token_texts`)."""
         self._check(model, sae)
         with torch.no_grad():
             w_u = model.weights(fold_norm=True).W_U.float()  # [d_model, d_vocab], final norm weight folded in
@@ -225,9 +230,7 @@ class FeatureData(Result):
                 rows = rows - rows.mean(-1, keepdim=True)
             effects = (rows @ w_u).cpu()
         top, bottom = effects.topk(k, dim=-1), effects.topk(k, dim=-1, largest=False)
-        decode = model.tokenizer.convert_ids_to_tokens if model.tokenizer is not None else str
-        return [([(_show(decode(int(i))), float(v)) for i, v in zip(t_i, t_v)],
-                 [(_show(decode(int(i))), float(v)) for i, v in zip(b_i, b_v)])
+        return [(list(zip(_tokens(model, t_i), t_v.tolist())), list(zip(_tokens(model, b_i), b_v.tolist())))
                 for t_i, t_v, b_i, b_v in zip(top.indices, top.values, bottom.indices, bottom.values)]
 
     def latent(self, model: HookedModel, sae: SAE, j: int, **options) -> LatentReport:
@@ -345,18 +348,18 @@ def _latents(model: HookedModel, sae: SAE, tokens: torch.Tensor, skip_first: boo
     """Latents `[b, ctx, d_sae]` of token ids `[b, ctx]`, zero where a token does not count,
     and which tokens count `[b, ctx]` (not special, not position 0 with skip_first, not a
     `store.massive_tokens` outlier)."""
-    name = sae.cfg.hook_name
-    acts = model.run_with_cache(tokens, name, stop_early=True)[1][name]
+    name, _ = check_sae_names(sae.cfg)
+    acts = model.run_with_cache(tokens, name, stop_early=True)[1][name].flatten(2)  # per-head: heads flattened
     counted = token_mask(model, tokens, skip_first=skip_first) & ~massive_tokens(acts, outlier_ratio).cpu()
     with torch.no_grad():
         latents = sae.encode(acts.to(sae.W_enc.device, sae.W_enc.dtype)).float().cpu()
     return latents * counted[..., None], counted
 
 
-def _tokens(model: HookedModel, window: torch.Tensor) -> list[str]:
-    tokenizer = model.tokenizer
-    ids = window.tolist()
-    return [_show(t) for t in tokenizer.convert_ids_to_tokens(ids)] if tokenizer is not None else [str(i) for i in ids]
+def _tokens(model: HookedModel, ids: torch.Tensor) -> list[str]:
+    """Token ids `[n]` as decoded text, one string each (their ids without a tokenizer)."""
+    ids = ids.tolist()
+    return token_texts(model.tokenizer, ids) if model.tokenizer is not None else [str(i) for i in ids]
 
 
 def collect_features(model: HookedModel, sae: SAE, windows: torch.Tensor, *, batch_size: int = 16,
@@ -368,6 +371,7 @@ def collect_features(model: HookedModel, sae: SAE, windows: torch.Tensor, *, bat
     (``outlier_ratio``) do not count."""
     if windows.ndim != 2:
         raise SelectionError(f"windows must be token ids [n, ctx], got shape {tuple(windows.shape)}")
+    check_sae_names(sae.cfg)
     d_sae = sae.cfg.d_sae
     maxes, argmaxes = [], []
     counts = torch.zeros(d_sae, dtype=torch.long)
@@ -395,9 +399,4 @@ def collect_features(model: HookedModel, sae: SAE, windows: torch.Tensor, *, bat
 def _np_activation(example: Example) -> dict:
     return {"tokens": example.tokens, "values": example.values, "maxValue": example.max_value,
             "maxValueTokenIndex": example.peak}
-
-
-def _show(token: str) -> str:
-    """A BPE token as text: the byte-level space and newline markers made visible characters."""
-    return token.replace("\u0120", " ").replace("\u010a", "\\n").replace("\u0109", "\\t")
 

@@ -28,13 +28,14 @@ from __future__ import annotations
 
 import json
 import warnings
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from ..errors import MechscopeError, SelectionError
+from ..errors import MechscopeError, MechscopeWarning, OutputPathError, SelectionError
 from .modules import SAE, SAEConfig
 
 FORMATS = ("saelens", "gemma_scope", "sparsify", "dictionary_learning")
@@ -132,20 +133,26 @@ def load_sae(
     }[format]
     weights_file = path if path.is_file() else folder / _MARKERS[format]
     sae = loader(folder, weights_file, d_in)
-    if hook_name is not None:
-        sae.cfg.hook_name = hook_name
-    if model_name is not None:
-        sae.cfg.model_name = model_name
+    overrides = {"hook_name": hook_name, "model_name": model_name}
+    sae.cfg = replace(sae.cfg, **{k: v for k, v in overrides.items() if v is not None})  # checked like any config
     return sae.eval()
 
 
 def save_saelens(sae: SAE, path: str | Path) -> Path:
     """Write ``sae`` as a SAELens folder (``cfg.json`` + ``sae_weights.safetensors``, 6.x config
-    layout). Returns the folder."""
+    layout). Returns the folder (created if needed; an existing file there is refused)."""
     from safetensors.torch import save_file
 
     cfg = sae.cfg
     path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise OutputPathError(f"cannot save the SAE to {str(path)!r}: it is a file, and a SAELens SAE is a folder "
+                              f"({SAELENS_CFG} + {SAELENS_WEIGHTS}); give a folder path")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise OutputPathError(f"cannot save the SAE to {str(path)!r}: {str(parent)!r} is a file")
+            break
     path.mkdir(parents=True, exist_ok=True)
     arch = _TO_SAELENS_ARCH[cfg.architecture]
     if cfg.is_transcoder:
@@ -158,7 +165,7 @@ def save_saelens(sae: SAE, path: str | Path) -> Path:
     if cfg.architecture in ("jumprelu", "batchtopk"):
         tensors["threshold"] = sae.threshold
     if sae.W_skip is not None:
-        tensors["W_skip"] = sae.W_skip
+        tensors["W_skip"] = sae.W_skip.T  # SAELens applies x @ W_skip.T: [d_out, d_in]
     tensors = {k: v.detach().to("cpu", torch.float32).contiguous().clone() for k, v in tensors.items()}
     save_file(tensors, str(path / SAELENS_WEIGHTS))
 
@@ -304,11 +311,23 @@ def _build(cfg: SAEConfig, W_enc, b_enc, W_dec, b_dec, threshold=None, W_skip=No
 # --------------------------------------------------------------------------- SAELens
 
 
-def _saelens_arch(cfg: dict) -> str:
+def _saelens_arch(cfg: dict, cfg_file: Path) -> str:
+    """The SAELens architecture a config states, or the one its older keys imply: ``activation_fn``
+    ("topk" or not) in pre-architecture configs, and TopK (with a warning) for a config that
+    gives ``k`` and nothing else, since only TopK-style SAEs have a k."""
     arch = cfg.get("architecture")
     if arch:
         return str(arch)
-    act = cfg.get("activation_fn_str") or cfg.get("activation_fn") or "relu"  # pre-architecture configs
+    act = cfg.get("activation_fn_str") or cfg.get("activation_fn")  # pre-architecture configs
+    kwargs = cfg.get("activation_fn_kwargs") if isinstance(cfg.get("activation_fn_kwargs"), dict) else {}
+    has_k = cfg.get("k") is not None or kwargs.get("k") is not None
+    if act is None and has_k:
+        warnings.warn(f"{cfg_file}: no 'architecture' or 'activation_fn' but k = {cfg.get('k', kwargs.get('k'))}: "
+                      "read as a TopK SAE (add \"architecture\": \"topk\" to the config to say so)", stacklevel=4)
+        return "topk"
+    if act not in (None, "topk") and has_k:
+        raise MechscopeError(f"{cfg_file}: activation_fn {act!r} with k: only TopK SAEs have a k; fix the config "
+                             "(activation_fn 'topk', or no k)")
     return "topk" if act == "topk" else "standard"
 
 
@@ -318,7 +337,7 @@ def _load_saelens(folder: Path, weights_file: Path, d_in: int | None) -> SAE:
     tensors = _read_safetensors(weights_file)
     meta = raw.get("metadata") if isinstance(raw.get("metadata"), dict) else {}
 
-    arch_name = _saelens_arch(raw)
+    arch_name = _saelens_arch(raw, cfg_file)
     if arch_name not in _SAELENS_ARCH:
         raise MechscopeError(
             f"{cfg_file}: SAELens architecture {arch_name!r} is not supported; "
@@ -360,7 +379,7 @@ def _load_saelens(folder: Path, weights_file: Path, d_in: int | None) -> SAE:
             else:
                 _require(tensors, ("threshold",), weights_file)
         threshold = _vector(tensors, "threshold", d_sae, "d_sae", scalar_ok=True)
-    W_skip = _matrix(tensors, "W_skip", (din, d_output), dims, False) if skip else None
+    W_skip = _matrix(tensors, "W_skip", (din, d_output), dims, True) if skip else None  # [d_out, d_in] on disk
 
     if "scaling_factor" in tensors:  # finetuning_scaling_factor: latents scaled before decoding
         W_dec = W_dec * _vector(tensors, "scaling_factor", d_sae, "d_sae")[:, None]
@@ -449,14 +468,13 @@ def _load_sparsify(folder: Path, weights_file: Path, d_in: int | None) -> SAE:
     dims = f"d_in = {din}, d_sae = {d_sae}" + (f", d_out = {d_output}" if is_tc else "")
     cfg = SAEConfig(d_in=din, d_sae=d_sae, architecture="topk", k=int(raw["k"]),
                     d_out=d_output if is_tc else None, skip_connection=skip, pre_encoder_bias=not is_tc)
-    return _build(
-        cfg,
-        _matrix(tensors, "encoder.weight", (din, d_sae), dims, True),
-        _vector(tensors, "encoder.bias", d_sae, "d_sae"),
-        _matrix(tensors, "W_dec", (d_sae, d_output), dims, False),
-        _vector(tensors, "b_dec", d_output, "d_in"),
-        W_skip=_matrix(tensors, "W_skip", (din, d_output), dims, True) if skip else None,
-    )
+    W_enc = _matrix(tensors, "encoder.weight", (din, d_sae), dims, True)
+    b_enc = _vector(tensors, "encoder.bias", d_sae, "d_sae")
+    b_dec = _vector(tensors, "b_dec", d_output, "d_in")
+    if is_tc and not transcode:  # a skip SAE: sparsify still encodes x - b_dec; fold that into b_enc
+        b_enc = b_enc - b_dec @ W_enc
+    return _build(cfg, W_enc, b_enc, _matrix(tensors, "W_dec", (d_sae, d_output), dims, False), b_dec,
+                  W_skip=_matrix(tensors, "W_skip", (din, d_output), dims, True) if skip else None)
 
 
 # --------------------------------------------------------------------------- dictionary_learning
@@ -515,6 +533,11 @@ def _load_dictionary_learning(folder: Path, weights_file: Path, d_in: int | None
         b_dec = _vector(tensors, "b_dec", din, "d_in")
         k = int(tensors["k"].item())
         batch = "batchtopk" in dict_class.lower()
+        if not dict_class:
+            warnings.warn(f"{weights_file}: no {DICTIONARY_LEARNING_CFG} saying which class wrote it; AutoEncoderTopK "
+                          "and BatchTopKSAE save the same keys, so it is read as AutoEncoderTopK (top-k per "
+                          "token). Keep the config.json next to ae.pt to load a BatchTopKSAE.", MechscopeWarning,
+                          stacklevel=3)
         arch, pre_bias = ("batchtopk" if batch else "topk"), True
         if batch:
             _require(tensors, ("threshold",), weights_file)

@@ -46,6 +46,11 @@ class SAEConfig:
             raise SelectionError("a skip connection belongs to a transcoder (set d_out)")
         if self.is_transcoder:
             self.pre_encoder_bias = False  # b_dec lives in the output space
+        for field in ("hook_name", "output_hook_name"):
+            name = getattr(self, field)
+            if name is not None and (not isinstance(name, str) or any(c in name for c in "*?[")):
+                raise SelectionError(f"{field} must be one exact activation name (an SAE reads and writes one "
+                                     f"activation), not {name!r}")
 
     @property
     def arch(self) -> Architecture:
@@ -81,8 +86,9 @@ class SAE(nn.Module):
         self.W_skip = nn.Parameter(torch.zeros(cfg.d_in, cfg.d_output)) if cfg.skip_connection else None
 
     def pre_activation(self, x: torch.Tensor) -> torch.Tensor:
-        """``(x - b_dec) @ W_enc + b_enc`` `[..., d_sae]` (no ``b_dec`` for transcoders)."""
-        self._check(x, self.cfg.d_in, "input")
+        """``(x - b_dec) @ W_enc + b_enc`` `[..., d_sae]` (no ``b_dec`` for transcoders). A
+        floating ``x`` of another dtype (float64, bf16) is cast to the SAE's dtype first."""
+        x = self._check(x, self.cfg.d_in, "input")
         if self.cfg.pre_encoder_bias:
             x = x - self.b_dec
         return x @ self.W_enc + self.b_enc
@@ -94,8 +100,11 @@ class SAE(nn.Module):
 
     def decode(self, latents: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
         """Reconstruction `[..., d_output]` of latents `[..., d_sae]`; a transcoder with a skip
-        connection also needs its input ``x`` `[..., d_in]`."""
-        self._check(latents, self.cfg.d_sae, "latents")
+        connection also needs its input ``x`` `[..., d_in]`. Cast to the SAE's dtype as in
+        `pre_activation`."""
+        latents = self._check(latents, self.cfg.d_sae, "latents")
+        if x is not None:
+            x = self._check(x, self.cfg.d_in, "input")
         out = latents @ self.W_dec + self.b_dec
         if self.W_skip is not None:
             if x is None:
@@ -127,8 +136,16 @@ class SAE(nn.Module):
         """Reconstruction `[..., d_output]` of ``x`` `[..., d_in]`."""
         return self.decode(self.encode(x), x)
 
-    @staticmethod
-    def _check(x: torch.Tensor, width: int, what: str) -> None:
-        if x.shape[-1] != width:
+    def _check(self, x: torch.Tensor, width: int, what: str) -> torch.Tensor:
+        """``x`` `[..., width]` in the SAE's dtype, or a `SelectionError` naming what is wrong with it."""
+        if not isinstance(x, torch.Tensor):
+            raise SelectionError(f"SAE {what} must be a tensor [..., {width}], got {type(x).__name__}")
+        if x.ndim == 0 or x.shape[-1] != width:
             raise SelectionError(f"SAE {what} must be [..., {width}], got shape {tuple(x.shape)}")
+        if not x.is_floating_point():
+            raise SelectionError(f"SAE {what} must be a floating-point tensor (activations), got {x.dtype}")
+        if x.device != self.W_enc.device:
+            raise SelectionError(f"SAE {what} is on {x.device} but the SAE is on {self.W_enc.device}: "
+                                 f"move one of them (sae.to({str(x.device)!r}))")
+        return x.to(self.W_enc.dtype)
 

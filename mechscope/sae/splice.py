@@ -13,7 +13,9 @@ with ``keep_error=True``, ``<name>.sae.error`` `[b, p, d_output]` (target minus 
 of the unedited latents). What is written back is ``recon`` (+ ``error``), so with the error term
 and no edit the forward is unchanged, and an edit of the latents changes exactly what they carry.
 A transcoder reads ``cfg.hook_name`` and writes ``cfg.output_hook_name``; its names are still
-keyed by ``cfg.hook_name``.
+keyed by ``cfg.hook_name``. Both are exact activation names (`check_sae_names`). An SAE on a
+per-head activation (``attn.z`` `[b, p, h, d_head]`) reads the heads flattened, ``d_in = h *
+d_head``, as they are harvested (`data.harvest.token_width`), and writes back in the heads' shape.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ..data.harvest import massive_tokens
+from ..data.harvest import massive_tokens, token_width
 from ..errors import SelectionError
 from ..models.extension import Fire, NewPoint
 from ..models.hook_points import HookPoint
@@ -40,17 +42,35 @@ def _unchanged(name: str, x: torch.Tensor) -> torch.Tensor:
     return x
 
 
+def check_sae_names(cfg) -> tuple[str, str]:
+    """``(the name an SAE reads, the name it writes)`` of an `SAEConfig`, or a `SelectionError`
+    when ``hook_name`` (or a transcoder's ``output_hook_name``) is empty or a glob pattern."""
+    names = {"hook_name": cfg.hook_name}
+    if cfg.is_transcoder:
+        names["output_hook_name"] = cfg.output_hook_name
+    for field, name in names.items():
+        if not name:
+            what = "the activation it reads" if field == "hook_name" else "the activation the transcoder reconstructs"
+            raise SelectionError(f"the SAE's cfg.{field} is empty: set it to {what} (e.g. load_sae(path, "
+                                 f"{field}='blocks.3.resid_post'), or sae.cfg.{field} = ...)")
+        if not isinstance(name, str) or any(c in name for c in "*?["):
+            raise SelectionError(f"the SAE's cfg.{field} must be one exact activation name, not {name!r}")
+    return cfg.hook_name, names.get("output_hook_name", cfg.hook_name)
+
+
 def _hooks(sae: SAE, *, keep_error: bool, edit: LatentEdit | None, skip_first: bool, fire: Fire,
            outlier_ratio: float | None = None) -> dict:
     cfg = sae.cfg
-    if not cfg.hook_name:
-        raise SelectionError("the SAE's cfg.hook_name is empty: set it to the activation it reads")
-    if cfg.is_transcoder and not cfg.output_hook_name:
-        raise SelectionError("a transcoder needs cfg.output_hook_name, the activation it reconstructs")
-    base = cfg.hook_name
+    base, _ = check_sae_names(cfg)
     inputs: dict[str, torch.Tensor] = {}
 
     def reconstruct(x_in: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The new value of ``target`` `[b, p, ...]` from the SAE's input ``x_in`` `[b, p, ...]`
+        (per-head axes flattened for the SAE, restored on the way out)."""
+        shape, x_in, target = target.shape, x_in.flatten(2), target.flatten(2)
+        return _reconstruct(x_in, target).reshape(shape)
+
+    def _reconstruct(x_in: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         x = fire(f"{base}.sae.input", x_in.to(sae.W_enc.dtype))
         clean = sae.encode(x)
         latents = fire(f"{base}.sae.latents", clean.clone() if keep_error else clean)
@@ -104,12 +124,11 @@ class SAESplice:
 
     def hook_points(self, model: HookedModel) -> list[NewPoint]:
         cfg = self.sae.cfg
-        if not cfg.hook_name:
-            raise SelectionError("the SAE's cfg.hook_name is empty: set it to the activation it reads")
+        check_sae_names(cfg)
         base = model.hook_point(cfg.hook_name)
-        _check_width(base, cfg.d_in, "reads d_in")
+        check_width(base, cfg.d_in, "reads d_in")
         if cfg.is_transcoder:
-            _check_width(model.hook_point(cfg.output_hook_name), cfg.d_output, "writes d_out")
+            check_width(model.hook_point(cfg.output_hook_name), cfg.d_output, "writes d_out")
         widths = {"sae.input": cfg.d_in, "sae.latents": cfg.d_sae, "sae.recon": cfg.d_output, "sae.error": cfg.d_output}
         names = DERIVED if self.keep_error else DERIVED[:3]
         return [NewPoint(f"{base.name}.{suffix}", base.name, widths[suffix]) for suffix in names]
@@ -119,8 +138,10 @@ class SAESplice:
                       outlier_ratio=self.outlier_ratio)
 
 
-def _check_width(point: HookPoint, width: int, what: str) -> None:
-    if point.layout != "bpd":
-        raise SelectionError(f"SAEs read and write [batch, pos, d] activations; {point.name!r} has layout {point.layout!r}")
-    if width != point.width:
-        raise SelectionError(f"the SAE {what} = {width}, but {point.name!r} is {point.width} wide in this model")
+def check_width(point: HookPoint, width: int, what: str) -> None:
+    """A `SelectionError` unless ``point`` has one row per token (`data.harvest.check_per_token`)
+    ``width`` wide (heads flattened); ``what`` names the SAE's side, e.g. ``"reads d_in"``."""
+    have = token_width(point)
+    if width != have:
+        per_head = f" ({point.n_heads} heads x {point.width}, flattened)" if point.layout == "bphd" else ""
+        raise SelectionError(f"the SAE {what} = {width}, but {point.name!r} is {have} wide in this model{per_head}")

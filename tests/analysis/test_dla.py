@@ -28,10 +28,12 @@ def test_parts_sum_to_the_logit_difference(tiny):
 
 
 def test_one_head_by_hand(tiny):
-    """Head (1, 2): its z times W_O, scaled by the final residual's norm factor, dotted with W_U[:, 5]."""
+    """Head (1, 2): its z times W_O, scaled by the final residual's norm factor, dotted with W_U[:, 5].
+
+    Under a sandwich norm (Gemma 2, OLMo 2) the head's share first goes through the attention
+    post-norm with its scale frozen at the layer's whole attention output (all heads' z W_O + b_O).
+    """
     model = tiny.model
-    if model.adapter.attn_out_norm is not None:
-        return  # under a sandwich norm head_out carries the post-norm scale; covered by the sum test
     positions = PerPrompt([11, 4, 8])
     result = direct_logit_attribution(model, tiny.tokens, 5, position=positions)
     final = f"blocks.{model.cfg.n_layers - 1}.resid_post"
@@ -42,7 +44,14 @@ def test_one_head_by_hand(tiny):
         inv = torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + norm_eps(norm))
     else:
         inv = torch.rsqrt(x.var(-1, keepdim=True, unbiased=False) + norm_eps(norm))
-    head = cache["blocks.1.attn.z"][:, 2] @ model.W_O[1, 2]
+    z = cache["blocks.1.attn.z"]  # [batch, heads, d_head] at the chosen positions
+    head = z[:, 2] @ model.W_O[1, 2]
+    if model.adapter.attn_out_norm is not None:
+        assert model.adapter.norm.kind == "rms"
+        post = model.hf.get_submodule(f"{model.adapter.layers}.1.{model.adapter.attn_out_norm}")
+        raw = torch.einsum("bhe,hed->bd", z, model.W_O[1]) + model.b_O[1]
+        post_inv = torch.rsqrt(raw.pow(2).mean(-1, keepdim=True) + norm_eps(post))
+        head = head * post_inv * (post.weight + model.adapter.norm.weight_offset)
     if model.adapter.norm.kind == "layer":
         head = head - head.mean(-1, keepdim=True)
     expected = (head * inv * (norm.weight + model.adapter.norm.weight_offset)) @ model.W_U[:, 5]

@@ -7,6 +7,7 @@ import torch
 
 from mechscope.analysis.lens import logit_lens
 from mechscope.analysis.tuned_lens import TunedLens, lens_kl, lens_points, train_tuned_lens
+from mechscope.training import checkpoint_history
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +43,10 @@ def test_resume_equals_uninterrupted(llama, tmp_path):
     kwargs = dict(steps=12, batch_tokens=64, points_per_step=1, checkpoint_every=4, progress=False)
     straight = train_tuned_lens(llama, _tokens(4), out=tmp_path / "a", **kwargs)
     train_tuned_lens(llama, _tokens(4), out=tmp_path / "b", stop_after=7, **kwargs)
+    checkpoint = tmp_path / "b" / "checkpoint.safetensors"
+    assert checkpoint_history(checkpoint) == (7, [[0, 7]])
     resumed = train_tuned_lens(llama, _tokens(4), out=tmp_path / "b", **kwargs)
+    assert checkpoint_history(checkpoint) == (12, [[0, 7], [7, 12]])  # the resumed run ran steps 7..12 only
     for (name, a), (_, b) in zip(straight.state_dict().items(), resumed.state_dict().items()):
         assert torch.equal(a, b), name
     with pytest.raises(ValueError, match="other settings"):

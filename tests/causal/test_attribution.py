@@ -58,7 +58,15 @@ def test_attribution_is_the_directional_derivative(family, component, per_positi
     _, source = model.run_with_cache(pairs.clean, names)
     _, run = model.run_with_cache(pairs.corrupted, names)
     gen = torch.Generator().manual_seed(1)
-    cells = grid.cells()
+
+    def differs(cell) -> bool:  # a cell where clean and corrupted differ, so the derivative is not 0 by construction
+        name = grid.name(cell[0])
+        index = grid.index(model.hook_point(name), cell, len(model.hook_point(name).layout))
+        return bool((source[name][index] != run[name][index]).any())
+
+    cells = [cell for cell in grid.cells() if differs(cell)]
+    assert cells
+    checked = []
     for i in torch.randperm(len(cells), generator=gen)[:6].tolist():
         cell = cells[i]
         step, tolerance = FAMILIES[family]
@@ -66,6 +74,8 @@ def test_attribution_is_the_directional_derivative(family, component, per_positi
                       - _moved(model, pairs, grid, cell, source, run, -step)) / (2 * step)
         estimate = result.raw[cell] - result.corrupted_metric
         torch.testing.assert_close(estimate.double(), derivative.cpu(), atol=tolerance, rtol=tolerance)
+        checked.append(float(derivative.abs().max()))
+    assert max(checked) > 10 * tolerance  # at least one checked derivative is well above the tolerance
 
 
 def test_attribution_matches_activation_patching_layout_and_linear_cells(tiny):

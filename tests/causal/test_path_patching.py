@@ -21,11 +21,13 @@ def _pairs(n=2, pos=8, seed=0):
     return PromptPairs(clean, corrupted, torch.randint(3, 97, (n,), generator=gen), torch.randint(3, 97, (n,), generator=gen))
 
 
-def _naive(model, pairs, receivers, receiver_input, positions, freeze_mlps):
-    """Wang et al.'s recipe, one sender at a time, two full forwards each."""
+def _naive(model, pairs, receivers, receiver_input, positions, freeze_mlps, direction="noise"):
+    """Wang et al.'s recipe, one sender at a time, two full forwards each. Noising runs the
+    clean prompts with the sender from the corrupted run; denoising the other way round."""
     cfg = model.cfg
-    _, clean = model.run_with_cache(pairs.clean)
-    _, corrupted = model.run_with_cache(pairs.corrupted)
+    run_tokens = pairs.clean if direction == "noise" else pairs.corrupted
+    _, clean = model.run_with_cache(run_tokens)  # the run every other head is frozen at
+    _, corrupted = model.run_with_cache(pairs.corrupted if direction == "noise" else pairs.clean)  # the sender's source
     out = torch.empty(cfg.n_layers, cfg.n_heads, len(pairs))
     for layer in range(cfg.n_layers):
         for head in range(cfg.n_heads):
@@ -39,7 +41,7 @@ def _naive(model, pairs, receivers, receiver_input, positions, freeze_mlps):
             if freeze_mlps:
                 hooks["blocks.*.mlp.out"] = lambda x, ctx: clean[ctx.name]
             with torch.no_grad(), model.hooks(hooks):
-                logits, patched = model.run_with_cache(pairs.clean, f"blocks.*.attn.{receiver_input}")
+                logits, patched = model.run_with_cache(run_tokens, f"blocks.*.attn.{receiver_input}")
             if receivers is not None:
                 def insert(x, ctx, patched=patched):
                     x = x.clone()
@@ -50,20 +52,21 @@ def _naive(model, pairs, receivers, receiver_input, positions, freeze_mlps):
                     return x
 
                 with torch.no_grad(), model.hooks({f"blocks.*.attn.{receiver_input}": insert}):
-                    logits = model(pairs.clean)
+                    logits = model(run_tokens)
             out[layer, head] = logit_diff(logits, pairs)
     return out
 
 
-@pytest.mark.parametrize("receivers,receiver_input,positions,freeze_mlps", [
-    (None, "q", None, False), (None, "q", None, True), ([(1, 0), (1, 3)], "q", None, False),
-    ([(1, 1)], "k", [5, 7], False), ([(1, 0)], "v", None, True)])
-def test_path_patching_equals_naive_recipe(tiny, receivers, receiver_input, positions, freeze_mlps):
+@pytest.mark.parametrize("receivers,receiver_input,positions,freeze_mlps,direction", [
+    (None, "q", None, False, "noise"), (None, "q", None, True, "noise"), ([(1, 0), (1, 3)], "q", None, False, "noise"),
+    ([(1, 1)], "k", [5, 7], False, "noise"), ([(1, 0)], "v", None, True, "noise"), (None, "q", None, True, "denoise"),
+    ([(1, 0), (1, 2)], "q", [6, 7], False, "denoise")])
+def test_path_patching_equals_naive_recipe(tiny, receivers, receiver_input, positions, freeze_mlps, direction):
     model = tiny.model
     pairs = _pairs()
     result = path_patching(model, pairs, receivers, receiver_input=receiver_input, receiver_positions=positions,
-                           freeze_mlps=freeze_mlps, max_rows=6)
-    naive = _naive(model, pairs, receivers, receiver_input, positions, freeze_mlps)
+                           freeze_mlps=freeze_mlps, direction=direction, max_rows=6)
+    naive = _naive(model, pairs, receivers, receiver_input, positions, freeze_mlps, direction)
     torch.testing.assert_close(result.raw, naive, atol=1e-5, rtol=1e-5)
 
 

@@ -94,12 +94,12 @@ def test_logits_from_final_norm_and_unembedding(tiny):
 def test_folded_weights_read_normalised_input(tiny):
     model = tiny.model
     layout = model.adapter.components
-    if layout.ln1 is None:
-        return  # OLMo 2: nothing precedes attention
     _, cache = model.run_with_cache(tiny.tokens)
     folded = model.weights(fold_norm=True, expand_kv=True)
     x = cache["blocks.1.resid_pre"]
-    if model.adapter.norm.kind == "rms":
+    if layout.ln1 is None:  # OLMo 2: nothing precedes attention, so the folded weights read x itself
+        normalised = x
+    elif model.adapter.norm.kind == "rms":
         normalised = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + _eps(model, layout.ln1))
     else:
         centred = x - x.mean(-1, keepdim=True)

@@ -75,14 +75,27 @@ def test_per_prompt_positions(tiny):
         assert torch.equal(picked[i], full["blocks.1.resid_post"][i, p])
 
 
-def test_patching_the_whole_cache_reproduces_the_source_run(tiny):
+def test_patching_each_name_alone_takes_effect(tiny):
+    """Every name, patched alone from another run, holds the patched value and changes the
+    logits; a complete residual state (resid_pre/resid_post/ln_final.out) alone reproduces the
+    source run's logits. (Patching all names at once could not show a patch that fails to
+    apply: the last residual patch alone would fix the logits.)"""
     model = tiny.model
     source_tokens = torch.flip(tiny.tokens, dims=[1])
-    source_logits, source = model.run_with_cache(source_tokens)
-    patch = {name: (lambda x, ctx: source[ctx.name]) for name in model.names if name != "logits"}
     with torch.no_grad():
-        patched = model.run_with_hooks(tiny.tokens, patch)
-    assert torch.equal(patched, source_logits)
+        clean_logits, clean = model.run_with_cache(tiny.tokens)
+        source_logits, source = model.run_with_cache(source_tokens)
+        for name in model.names:
+            if name == "logits":
+                continue
+            with model.hooks({name: lambda x, ctx: source[ctx.name]}):
+                logits, seen = model.run_with_cache(tiny.tokens, name)
+            assert torch.equal(seen[name], source[name]), name
+            complete = name.endswith(("resid_pre", "resid_post")) or name == "ln_final.out"
+            if complete:
+                torch.testing.assert_close(logits, source_logits, atol=ATOL, rtol=0, msg=name)
+            elif not torch.equal(source[name], clean[name]):  # pos_embed is the same for both runs
+                assert not torch.allclose(logits, clean_logits, atol=ATOL, rtol=0), f"patching {name} had no effect"
 
 
 def test_patching_resid_mid_changes_the_residual_too(tiny):

@@ -36,21 +36,25 @@ def test_hooked_path_matches_hf_eager(tiny):
 
 
 def test_padded_batch_matches_prompts_run_alone(tiny):
-    """Left and right padding: each prompt's real positions give its unpadded logits."""
-    lengths = [12, 7, 9]
-    for side in ("left", "right"):
+    """Left padding: each prompt's real positions give its unpadded logits, and real queries
+    give padding no attention. Also a batch padded on both sides, where pads precede and follow
+    the real tokens. (Right padding alone cannot fail this check under causal attention, since
+    real tokens never see later positions; right-padded readers of "the last token" are tested
+    in tests/analysis/test_padded_batches.py.)"""
+    spans = {"left": [(0, 12), (5, 12), (3, 12)], "both": [(0, 12), (2, 9), (1, 10)]}
+    for rows in spans.values():
         mask = torch.zeros(3, 12, dtype=torch.long)
-        for i, n in enumerate(lengths):
-            mask[i].scatter_(0, torch.arange(12 - n, 12) if side == "left" else torch.arange(n), 1)
+        for i, (start, stop) in enumerate(rows):
+            mask[i, start:stop] = 1
         with torch.no_grad():
             batched = tiny.model(tiny.tokens, mask)
-            for i in range(len(lengths)):
+            for i in range(len(rows)):
                 real = mask[i].bool()
                 alone = tiny.model(tiny.tokens[i, real][None])
                 torch.testing.assert_close(batched[i, real], alone[0], atol=ATOL, rtol=0)
         _, cache = tiny.model.run_with_cache(tiny.tokens, "blocks.0.attn.pattern", attention_mask=mask)
         pattern = cache["blocks.0.attn.pattern"]
-        for i in range(len(lengths)):  # no attention to padding from real queries
+        for i in range(len(rows)):  # no attention to padding from real queries
             real = mask[i].bool()
             assert pattern[i][:, real][:, :, ~real].abs().sum() == 0
 

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
 
 import mechscope as ms
+from mechscope import HookedModel
+from mechscope.models.bundled import cached_dir
 
 IOI = "When Mary and John went to the store, John gave a drink to"
 
@@ -31,18 +37,49 @@ def test_ioi_logit_difference_is_positive(smol):
     assert diff > 3.0
 
 
-def test_logits_bit_identical_to_hf_and_hooked_path_close_to_eager(smol):
+def test_logits_bit_identical_to_a_separately_loaded_plain_hf_model(smol):
+    """issue 11, tests that prove claims: compare with a transformers model loaded on its own
+    from the same cache directory (no mechscope code touches it), not with ``smol.hf``."""
+    plain = AutoModelForCausalLM.from_pretrained(cached_dir("smollm2-135m"), dtype=torch.float32).eval()
+    assert plain is not smol.hf and not any(isinstance(m, HookedModel) for m in plain.modules())
     tokens = smol.to_tokens(IOI)
     with torch.no_grad():
-        assert torch.equal(smol(tokens), smol.hf(tokens).logits)
-    eager = ms.load("smollm2-135m", attn_implementation="eager")
+        assert torch.equal(smol(tokens), plain(tokens).logits)
+    eager = AutoModelForCausalLM.from_pretrained(cached_dir("smollm2-135m"), dtype=torch.float32,
+                                                 attn_implementation="eager").eval()
     with torch.no_grad():
-        eager_logits = eager.hf(tokens).logits
-    logits, cache = smol.run_with_cache(tokens)
+        eager_logits = eager(tokens).logits
+    names = ["blocks.*.attn.pattern", "blocks.12.resid_mid", "blocks.12.mlp.out", "blocks.12.resid_post"]
+    logits, cache = smol.run_with_cache(tokens, names)  # patterns cached: every layer's explicit attention path
     assert (logits - eager_logits).abs().max() < 1e-4
     torch.testing.assert_close(cache["blocks.12.attn.pattern"].sum(-1), torch.ones(1, 9, tokens.shape[1]))
     torch.testing.assert_close(cache["blocks.12.resid_mid"] + cache["blocks.12.mlp.out"],
                                cache["blocks.12.resid_post"], atol=1e-4, rtol=0)
+
+
+# Logits a float64 Llama forward computed from the GGUF without transformers (own dequantisers,
+# llama.cpp's Q/K layout and RoPE): tests/real/fixtures/make_reference.py.
+REFERENCE = Path(__file__).parent / "fixtures" / "smollm2_reference_logits.safetensors"
+# mechscope runs in fp32: rounding (eps 1.2e-7) accumulated over 30 layers gives 2.6e-5 on logits
+# up to 28.6 on the developers' CPU; 2e-4 leaves room for other BLAS kernels, and any real error
+# (a RoPE layout, a norm, a head permutation, a wrong dequantisation) moves logits by far more.
+REFERENCE_ATOL = 2e-4
+
+
+def test_logits_match_an_independent_float64_reference_from_the_gguf(smol):
+    """issue 11, tests that prove claims: a reference from an implementation other than
+    transformers' GGUF path, stored as a fixture."""
+    reference = load_file(REFERENCE)
+    tokens = reference["tokens"]
+    assert torch.equal(smol.to_tokens(IOI)[0], tokens)
+    with torch.no_grad():
+        logits = smol(tokens[None])[0].double()  # [T, vocab]
+    top_k = reference["top_ids"].shape[-1]
+    assert torch.equal(logits.topk(top_k, dim=-1).indices, reference["top_ids"])
+    torch.testing.assert_close(logits.gather(-1, reference["top_ids"]), reference["top_logits"],
+                               atol=REFERENCE_ATOL, rtol=0)
+    torch.testing.assert_close(logits.logsumexp(-1), reference["logsumexp"], atol=REFERENCE_ATOL, rtol=0)
+    assert reference["top_ids"][-1, 0].item() == smol.to_single_token(" Mary")
 
 
 @pytest.mark.parametrize("side", ["left", "right"])

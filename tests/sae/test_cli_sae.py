@@ -1,5 +1,6 @@
 """`mechscope sae train | eval | dashboard` end to end on a small random Llama saved to disk
-with the bundled tokenizer, on a local text corpus; resuming a finished run changes nothing."""
+with the bundled tokenizer, on a local text corpus; resuming a finished run runs no step and
+changes nothing."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import transformers as tf
 
 import mechscope as ms
 from mechscope.sae.commands import parse_count
+from mechscope.training import checkpoint_history
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +53,12 @@ def test_train_eval_dashboard(saved_model, tmp_path):
     spec = json.loads((tmp_path / "activations" / "spec.json").read_text())
     assert spec["context_size"] == 32 and spec["corpus"] == str(corpus) and spec["n_tokens"] > 5_000
 
-    _cli(*train, "--resume")  # a finished run resumes to the same weights
+    checkpoint = tmp_path / "checkpoint.safetensors"
+    assert checkpoint_history(checkpoint) == (46, [[0, 46]])
+    written = checkpoint.stat().st_mtime_ns
+    out = _cli(*train, "--resume")  # a finished run resumes to the same weights, running no step
+    assert "at step 46 of 46 (0 steps left; steps run so far: 0..46)" in out
+    assert checkpoint.stat().st_mtime_ns == written  # no step ran: every 10th step would rewrite it
     again = ms.load_sae(tmp_path / "sae")
     assert all(torch.equal(a, b) for a, b in zip(sae.state_dict().values(), again.state_dict().values()))
 

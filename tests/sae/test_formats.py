@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from mechscope.errors import MechscopeError, SelectionError
+from mechscope.errors import MechscopeError, MechscopeWarning, SelectionError
 from mechscope.sae.formats import detect_format, load_sae, save_saelens
 from mechscope.sae.modules import SAE, SAEConfig
 
@@ -283,7 +283,8 @@ def test_dictionary_learning_topk_and_batchtopk(tmp_path):
     x = inputs()
     post_relu = torch.relu(torch.nn.functional.linear(x - s["b_dec"], s["encoder.weight"], s["encoder.bias"]))
 
-    topk = load_sae(write_dl(tmp_path / "topk", s))  # AutoEncoderTopK (no config.json: top-k per token)
+    with pytest.warns(MechscopeWarning, match="AutoEncoderTopK"):  # no config.json: the class is assumed
+        topk = load_sae(write_dl(tmp_path / "topk", s))
     acts = topk_dense(post_relu, K)
     check(topk, x, acts, torch.nn.functional.linear(acts, s["decoder.weight"]) + s["b_dec"])
 

@@ -106,8 +106,7 @@ def test_hf_corpus_without_datasets_says_how_to_get_it(monkeypatch):
         corpus_texts("hf:wikitext:train:text")
 
 
-def test_hf_corpus_streams_a_local_dataset_when_datasets_is_installed(tmp_path):
-    pytest.importorskip("datasets")
+def test_hf_corpus_streams_a_local_dataset(tmp_path):  # datasets is in the test extra
     (tmp_path / "train.jsonl").write_text("\n".join(json.dumps({"text": f"document {i}", "id": i}) for i in range(50)))
     assert corpus_texts(f"hf:{tmp_path}:train:text")[:2] == ["document 0", "document 1"]
     assert len(corpus_texts(f"hf:{tmp_path}:train:text", max_chars=30)) == 3  # stops once 30 characters are read

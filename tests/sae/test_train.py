@@ -12,6 +12,7 @@ import torch
 
 import mechscope as ms
 from mechscope.sae.train import TrainConfig, _geometric_median, train_sae
+from mechscope.training import checkpoint_history
 
 D_IN, N_FEATURES = 16, 48
 
@@ -96,10 +97,15 @@ def test_sigkill_then_resume_gives_the_uninterrupted_weights(tmp_path):
     run = subprocess.run([sys.executable, "-c", textwrap.dedent(KILLED_RUN.format(tests=tests, out=str(tmp_path)))],
                          check=False, capture_output=True, text=True, timeout=300)
     assert run.returncode == -9, run.stderr[-2000:]
+    checkpoint = tmp_path / "checkpoint.safetensors"
+    assert checkpoint_history(checkpoint) == (40, [[0, 40]])  # killed right after the step-40 checkpoint
     config = TrainConfig(steps=60, lr=3e-3, warmup_steps=5, aux_k=8, dead_window_tokens=2000, checkpoint_every=20)
     torch.manual_seed(0)
+    written = []
     resumed = train_sae(ms.SAE(ms.SAEConfig(d_in=16, d_sae=32, architecture="topk", k=4)), sparse_source(), config,
-                        out=tmp_path, resume=True, progress=False)
+                        out=tmp_path, resume=True, progress=False, on_checkpoint=written.append)
+    # only steps 40..60 ran: a resume that retrained from step 0 would also write steps 20 and 40
+    assert written == [60] and checkpoint_history(checkpoint) == (60, [[0, 40], [40, 60]])
     torch.manual_seed(0)
     straight = train_sae(ms.SAE(ms.SAEConfig(d_in=16, d_sae=32, architecture="topk", k=4)), sparse_source(), config,
                          progress=False)

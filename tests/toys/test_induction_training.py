@@ -6,6 +6,7 @@ import torch
 
 import mechscope as ms
 from mechscope.toys.induction import InductionToyConfig, repeated_span_batch, train_induction_model
+from mechscope.training import checkpoint_history
 
 SMALL = InductionToyConfig(d_model=32, n_heads=2, d_vocab=64, seq_len=32, min_span=4, max_span=10, max_prefix=4,
                            batch=8, steps=30, warmup=5, checkpoint_every=10)
@@ -24,7 +25,9 @@ def test_resumed_training_equals_uninterrupted(tmp_path):
     train_induction_model(tmp_path / "b", SMALL, progress=False, stop_after=17)  # dies after step 17
     checkpoint = tmp_path / "b" / "checkpoint.safetensors"
     assert checkpoint.is_file() and not (tmp_path / "b" / "model").exists()
+    assert checkpoint_history(checkpoint) == (17, [[0, 17]])
     resumed = train_induction_model(tmp_path / "b", SMALL, progress=False)
+    assert checkpoint_history(checkpoint) == (30, [[0, 17], [17, 30]])  # the resumed run ran steps 17..30 only
     for (name, a), (_, b) in zip(straight.hf.state_dict().items(), resumed.hf.state_dict().items()):
         assert torch.equal(a, b), name
 
