@@ -43,6 +43,7 @@ bench: $(STAMP)
 	$(PY) bench/tuned_lens.py
 	$(PY) bench/patching.py
 	$(PY) bench/sae.py
+	$(PY) bench/circuits.py
 
 # Peer libraries for comparison rows, in their own environment (never a mechscope dependency).
 bench-peers: $(STAMP)
@@ -52,10 +53,13 @@ bench-peers: $(STAMP)
 	.venv-peers/bin/python -m pip install -q -c .venv-peers/constraints.txt transformer_lens nnsight sae-lens eai-sparsify
 	# dictionary_learning pins nnsight < 0.4 (and pulls torchvision, diffusers): its SAE classes need none of that.
 	.venv-peers/bin/python -m pip install -q --no-deps dictionary-learning==0.1.0
+	# TransformerLens 4 (edge EAP) beside the 3.x that sae-lens pins: bench/peers/circuits_peers.py puts it first on sys.path.
+	.venv-peers/bin/python -m pip install -q --no-deps --target .venv-peers/tl4 transformer-lens==4.3.0
 	$(PY) bench/hooks.py --peers
 	$(PY) bench/analysis.py
 	$(PY) bench/patching.py --quick
 	$(PY) bench/sae.py --quick
+	$(PY) bench/circuits.py --quick
 
 clean-venv:
 	rm -rf $(VENV)

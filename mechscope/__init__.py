@@ -48,6 +48,12 @@ _LAZY: dict[str, str] = {
     "TunedLens": ".analysis.tuned_lens",
     "lens_kl": ".analysis.tuned_lens",
     "train_tuned_lens": ".analysis.tuned_lens",
+    "Circuit": ".circuits.result",
+    "CircuitScores": ".circuits.result",
+    "FaithfulnessCurve": ".circuits.result",
+    "eap": ".circuits.eap",
+    "eap_ig": ".circuits.eap",
+    "faithfulness": ".circuits.faithfulness",
     "ablate": ".causal.ablation",
     "ablation_hooks": ".causal.ablation",
     "resample_rows": ".causal.ablation",
@@ -107,11 +113,12 @@ _LAZY: dict[str, str] = {
     "train_induction_model": ".toys.induction",
 }
 # Specialists' tiers: ms.adapters (adding a model family), ms.extend (writing a method),
+# ms.circuits (graphs, edge interventions, selection, exports),
 # ms.sae (SAE internals: store, architectures, formats, ...), ms.viz (figures and HTML/PNG writers).
-_TIERS = ("adapters", "extend", "sae", "viz")
+_TIERS = ("adapters", "circuits", "extend", "sae", "viz")
 
 if TYPE_CHECKING:  # what the names are, for type checkers and IDEs
-    from . import adapters, extend, sae, viz
+    from . import adapters, circuits, extend, sae, viz
     from .analysis.dla import DLAResult, direct_logit_attribution
     from .analysis.factored import FactoredMatrix
     from .analysis.heads import HeadScores, detection_masks, head_scores
@@ -126,6 +133,9 @@ if TYPE_CHECKING:  # what the names are, for type checkers and IDEs
     from .causal.path_patching import path_patching
     from .causal.result import PatchingResult
     from .causal.tracing import CausalTrace, causal_trace
+    from .circuits.eap import eap, eap_ig
+    from .circuits.faithfulness import faithfulness
+    from .circuits.result import Circuit, CircuitScores, FaithfulnessCurve
     from .data.facts import FactPrompt, fact_prompts, make_fact
     from .data.greater_than import GreaterThanTask, greater_than, greater_than_prob_diff
     from .data.harvest import harvest
@@ -171,10 +181,13 @@ __all__ = [
     "SAE",
     "ActivationCache",
     "CausalTrace",
+    "Circuit",
+    "CircuitScores",
     "ContextLengthWarning",
     "DLAResult",
     "FactPrompt",
     "FactoredMatrix",
+    "FaithfulnessCurve",
     "FeatureData",
     "GreaterThanTask",
     "HeadScores",
@@ -215,14 +228,18 @@ __all__ = [
     "attribution_patching",
     "cached_induction_model",
     "causal_trace",
+    "circuits",
     "collect_features",
     "composition_scores",
     "copying_scores",
     "detection_masks",
     "direct_logit_attribution",
+    "eap",
+    "eap_ig",
     "evaluate_sae",
     "extend",
     "fact_prompts",
+    "faithfulness",
     "full_ov_circuit",
     "greater_than",
     "greater_than_prob_diff",

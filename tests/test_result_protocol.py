@@ -26,6 +26,7 @@ import torch
 from conftest import build_tiny
 
 import mechscope as ms
+import mechscope.circuits
 from mechscope.data.facts import FactPrompt
 from mechscope.data.tasks import PromptPairs
 from mechscope.errors import ResultFileError, SelectionError
@@ -118,6 +119,22 @@ def _report(tiny, sae):
     yield features.latent(tiny.model, sae, int(features.fire_counts.argmax()), n_top=3, n_quantiles=2, per_quantile=2)
 
 
+def _circuits(tiny, sae):
+    model, pairs = tiny.model, _pairs()
+    yield ms.circuits.attribute(model, pairs)  # edge scores
+    yield ms.circuits.attribute(model, pairs, level="node")
+
+
+def _circuit(tiny, sae):
+    yield ms.circuits.attribute(tiny.model, _pairs()).greedy(12)
+
+
+def _faithfulness(tiny, sae):
+    model, pairs = tiny.model, _pairs()
+    yield ms.circuits.faithfulness(model, pairs, ms.circuits.attribute(model, pairs), percents=(10, 50, 100),
+                                   n_bootstrap=20)
+
+
 BUILDERS = {
     "PatchingResult": _patching,
     "CausalTrace": _trace,
@@ -127,6 +144,9 @@ BUILDERS = {
     "SAEEvaluation": _evaluation,
     "FeatureData": _features,
     "LatentReport": _report,
+    "CircuitScores": _circuits,
+    "Circuit": _circuit,
+    "FaithfulnessCurve": _faithfulness,
 }
 
 
@@ -157,7 +177,7 @@ def _instances():
             for i in range(_COUNTS.get(name, 1))]
 
 
-_COUNTS = {"PatchingResult": 5, "LensResult": 4}
+_COUNTS = {"PatchingResult": 5, "LensResult": 4, "CircuitScores": 2}
 _BUILT: dict[tuple[str, int], Result] = {}
 
 

@@ -52,6 +52,9 @@ class ModelConfig:
     tied_embeddings: bool
     default_prepend_bos: bool
     attn_out_normed: bool = False  # attn.out is taken after a sandwich post-norm (Gemma 2/3, OLMo 2)
+    # Norms on q and k: "per_head" over d_head (Qwen3, Gemma 3), "full" over all heads at once
+    # (OLMo 2: the split inputs attn.q_input/k_input of one head then affect the others), or None.
+    qk_norm: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -10,6 +10,9 @@ from ..errors import ArgumentTypeError, UnknownActivationError
 from .adapters.base import Adapter, Site
 from .config import ModelConfig
 
+# Per-head copies of the residual each query / key / value head reads (before ln1), and the residual
+# the MLP reads (before ln2), as separate points: the destinations of circuit-graph edges.
+SPLIT_SUFFIXES = ("attn.q_input", "attn.k_input", "attn.v_input")
 ATTENTION_SUFFIXES = ("attn.q", "attn.k", "attn.v", "attn.scores", "attn.pattern", "attn.z")
 # Suffixes whose computation needs the explicit attention path (not the fused kernel).
 _EXPLICIT_ATTENTION = ("attn.scores", "attn.pattern")
@@ -17,10 +20,12 @@ _EXPLICIT_ATTENTION = ("attn.scores", "attn.pattern")
 BLOCK_ORDER = (
     "resid_pre",
     "ln1.out",
+    *SPLIT_SUFFIXES,
     *ATTENTION_SUFFIXES,
     "attn.head_out",
     "attn.out",
     "resid_mid",
+    "mlp.in",
     "ln2.out",
     "mlp.pre",
     "mlp.post",
@@ -32,6 +37,9 @@ GLOBAL_AFTER = ("ln_final.out", "logits")
 
 # Layout letters: b batch, p position, h head, d feature, q query position, k key position.
 LAYOUTS = {
+    "attn.q_input": "bphd",
+    "attn.k_input": "bphd",
+    "attn.v_input": "bphd",
     "attn.q": "bphd",
     "attn.k": "bphd",
     "attn.v": "bphd",
@@ -70,6 +78,13 @@ class HookPoint:
     source: str | None = None  # extension points: the name they are computed from
 
     @property
+    def copies_residual(self) -> bool:
+        """A per-reader copy of a residual (``attn.q_input``/``k_input``/``v_input``, ``mlp.in``):
+        its value equals a residual point unless a hook changes it, so a cache of "every name"
+        (``run_with_cache(names=None)``) leaves it out; name it (or a glob) to cache it."""
+        return self.site is not None and self.site.kind in ("split_input", "input_copy", "renorm_input")
+
+    @property
     def pos_dim(self) -> int:
         """The position axis (the query axis of scores/patterns)."""
         return self.layout.index("q") if "q" in self.layout else self.layout.index("p")
@@ -87,6 +102,10 @@ def _facts(suffix: str, cfg: ModelConfig) -> dict:
     """width / n_heads / explicit_attention of a canonical suffix on a model."""
     if suffix in _EXPLICIT_ATTENTION:
         return {"n_heads": cfg.n_heads, "explicit_attention": True}
+    if suffix == "attn.q_input":
+        return {"width": cfg.d_model, "n_heads": cfg.n_heads}
+    if suffix in ("attn.k_input", "attn.v_input"):
+        return {"width": cfg.d_model, "n_heads": cfg.n_kv_heads}
     if suffix in ("attn.k", "attn.v"):
         return {"width": cfg.d_head, "n_heads": cfg.n_kv_heads}
     if suffix in ("attn.q", "attn.z"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -30,6 +31,7 @@ from .norms import FrozenNorm
 from .partial import last_block_needed, starting_at, stopping_after
 from .runtime import Entry, HookFn, HookRuntime, checked_loss
 from .selection import Heads, Positions, check_selection, running_with_mask
+from .split_inputs import qk_norm_kind
 from .tokens import check_token_ids, require_single_token, token_texts
 from .weights import LayerWeights, Weights
 
@@ -99,7 +101,9 @@ class HookedModel(nn.Module):
         self.adapter = adapter or get_adapter(hf_model.config.model_type)
         if default_prepend_bos is None:
             default_prepend_bos = _tokenizer_adds_bos(tokenizer)
-        self.cfg: ModelConfig = build_config(hf_model.config, self.adapter, default_prepend_bos)
+        cfg = build_config(hf_model.config, self.adapter, default_prepend_bos)
+        self.cfg: ModelConfig = dataclasses.replace(
+            cfg, qk_norm=qk_norm_kind(hf_model, self.adapter.layers, self.adapter.components, cfg))
         points = build_hook_points(self.adapter, self.cfg)
         self.names: list[str] = [p.name for p in points]
         self._runtime = HookRuntime(self, points)
@@ -361,7 +365,9 @@ class HookedModel(nn.Module):
     ) -> tuple[torch.Tensor | None, ActivationCache]:
         """Run the model and record activations.
 
-        names: an exact name, glob, list of those, predicate, or None for every name
+        names: an exact name, glob, list of those, predicate, or None for every name (but the
+          split inputs ``attn.q_input``/``k_input``/``v_input`` and ``mlp.in``, per-reader copies
+          of a residual: name them to cache them)
           (``names_filter`` is TransformerLens's name for it).
         positions: keep only these positions (see `selection`; ``"last"``: each prompt's last
           real token); the pos axis of ``attn.scores``/``attn.pattern`` is the query axis.
@@ -381,7 +387,8 @@ class HookedModel(nn.Module):
             raise ArgumentTypeError(f"run_with_cache takes names, not an ms.at(...) target; for its selection pass "
                                     f"names={names.name!r}, positions={names.positions!r} (and index the heads "
                                     "of the cached tensor)")
-        chosen = select_names(names, self.names)
+        chosen = select_names(names, self.names) if names is not None else [
+            n for n in self.names if not self._runtime.points[n].copies_residual]  # split inputs: only by name
         check_selection(None, positions)
         if stop_early and grad_metric is not None:
             raise MechscopeError("stop_early and grad_metric exclude each other: a metric needs the logits")

@@ -66,3 +66,26 @@ class FrozenNorm:
             part = part - part.mean(-1, keepdim=True)
         scale = self.scale.unsqueeze(-2) if head_axis else self.scale
         return (part * scale).to(self.dtype)
+
+
+def norm_vjp(module: nn.Module, spec: NormSpec, x: torch.Tensor, upstream: torch.Tensor, *,
+             weight_applied: bool = False) -> torch.Tensor:
+    """The gradient through the norm ``module`` at input ``x`` `[..., d]` of several upstream
+    gradients at once: ``upstream`` `[..., n, d]` (n per-head gradients of the norm's output, all
+    at the same input) -> `[..., n, d]`, i.e. ``J(x)^T u`` for each, in closed form (an RMS norm
+    ``w * x / rms(x)``, a LayerNorm ``w * (x - mean) / std + b``; the Gemma ``1 + w``), computed in
+    at least fp32. weight_applied: ``upstream`` is already multiplied by the norm's scale ``w``."""
+    dtype = torch.promote_types(x.dtype, torch.float32)  # at least fp32, float64 stays
+    xf = x.to(dtype)
+    v = upstream.to(dtype)
+    weight = None if weight_applied else norm_weight(module, spec)
+    if weight is not None:
+        v = v * weight.to(dtype)
+    if spec.kind == "layer":
+        xf = xf - xf.mean(-1, keepdim=True)
+        v = v - v.mean(-1, keepdim=True)
+    inv = torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + norm_eps(module))  # 1 / rms or 1 / std, [..., 1]
+    unit = xf * inv  # [..., d]
+    dot = torch.einsum("...d,...nd->...n", unit, v) / x.shape[-1]  # [..., n]
+    out = torch.addcmul(v, unit.unsqueeze(-2), dot.unsqueeze(-1), value=-1)
+    return out.mul_(inv.unsqueeze(-2)).to(upstream.dtype)

@@ -34,6 +34,17 @@ from .extension import NewPoint
 from .hook_points import HookPoint
 from .norms import FrozenNorm
 from .selection import Heads, Positions, index_for
+from .split_inputs import (
+    PART_OF,
+    HeadsReadResidual,
+    assemble,
+    expanded,
+    head_projection,
+    own_part,
+    plain_norm,
+    project_heads,
+    unchanged,
+)
 
 if TYPE_CHECKING:
     from .hooked import HookedModel
@@ -171,17 +182,23 @@ class HookRuntime:
         self.entries: dict[str, list[Entry]] = defaultdict(list)
         self._handles: dict[tuple[str, str], torch.utils.hooks.RemovableHandle] = {}
         self._z_stash: dict[int, torch.Tensor] = {}
+        self._resid_stash: dict[int, torch.Tensor] = {}  # per layer: the input of ln1 (split inputs)
         self.batch_size = 0  # of the running forward (see forward_batch); 0 outside one
         # Module hooks serve groups of points: (module path, "pre" | "post") -> points in order.
         self._groups: dict[tuple[str, str], list[HookPoint]] = defaultdict(list)
+        ln1 = model.adapter.components.ln1
         for point in points:
             kind = point.site.kind
             if kind in ("output", "head_out") and point.module_path:
                 self._groups[(point.module_path, "post")].append(point)
-            elif kind in ("input", "input_inplace"):
+            elif kind in ("input", "input_inplace", "input_copy", "renorm_input"):
                 self._groups[(point.module_path, "pre")].append(point)
+            elif kind == "split_input":
+                self._groups[(point.module_path, "split")].append(point)
             if kind == "head_out":
                 self._groups[(self._o_proj_path(point.layer), "pre")].append(point)
+            if kind in ("split_input", "renorm_input") and ln1 is not None:  # they start from ln1's input
+                self._groups[(self._block_path(point.layer, ln1), "stash")].append(point)
         self._layer_attention: dict[int, list[HookPoint]] = defaultdict(list)
         for point in points:
             if point.site.kind == "attention":
@@ -288,12 +305,17 @@ class HookRuntime:
                 module = hf.get_submodule(key[0])
                 if key[1] == "pre":
                     handle = module.register_forward_pre_hook(self._pre_hook(points), with_kwargs=True)
+                elif key[1] == "stash":
+                    handle = module.register_forward_pre_hook(self._stash_hook(points[0].layer), with_kwargs=True)
+                elif key[1] == "split":
+                    handle = module.register_forward_hook(self._split_hook(points), with_kwargs=True)
                 else:
                     handle = module.register_forward_hook(self._post_hook(points), with_kwargs=True)
                 self._handles[key] = handle
             elif not wanted and key in self._handles:
                 self._handles.pop(key).remove()
         self._z_stash.clear()
+        self._resid_stash.clear()
 
     # ----------------------------------------------------------------- firing
     def fire(self, name: str, x: torch.Tensor) -> torch.Tensor:
@@ -342,6 +364,13 @@ class HookRuntime:
                     if new is not x:
                         x.copy_(new)  # the caller keeps this same tensor as the residual
                     self.attach_backward(point.name, x)
+                elif point.site.kind == "input_copy":  # the module reads a copy; the residual stays
+                    x = self.fire(point.name, x.clone())
+                elif point.site.kind == "renorm_input":  # through the shared pre-norm, recomputed
+                    resid = self._resid_stash[point.layer]
+                    new = self.fire(point.name, resid.clone())
+                    if self._changed(point, new, resid):
+                        x = plain_norm(self._ln1(point.layer), new)
                 else:
                     x = self.fire(point.name, x)
             if x is original:
@@ -369,6 +398,68 @@ class HookRuntime:
             if x is original:
                 return None
             return (x, *output[1:]) if is_tuple else x
+
+        return hook
+
+    # ----------------------------------------------------------------- split inputs
+    def _block_path(self, layer: int, path: str) -> str:
+        return f"{self.model.adapter.layers}.{layer}.{path}"
+
+    def _ln1(self, layer: int) -> nn.Module | None:
+        ln1 = self.model.adapter.components.ln1
+        return None if ln1 is None else self.model.hf.get_submodule(self._block_path(layer, ln1))
+
+    def _stash_hook(self, layer: int):
+        """Keeps the residual ln1 reads (``resid_pre`` as hooks left it) for the split inputs."""
+        def hook(module: nn.Module, args: tuple, kwargs: dict):
+            self._resid_stash[layer] = args[0] if args else kwargs["hidden_states"]
+
+        return hook
+
+    def _changed(self, point: HookPoint, new: torch.Tensor, resid: torch.Tensor) -> bool:
+        """Whether a split point's value must be recomputed from: a hook changed it (replaced
+        or edited in place), or its gradient is wanted."""
+        if any(e.backward for e in self.entries.get(point.name, ())):
+            return True
+        if torch.is_grad_enabled() and new.requires_grad and new is not resid:  # a hook's own graph
+            return True
+        return not unchanged(new, resid)
+
+    def _split_hook(self, points: list[HookPoint]):
+        """Forward hook on a q/k/v (or fused qkv) projection: fires the layer's split inputs it
+        serves and recomputes, per head, the parts whose inputs changed (see `split_inputs`)."""
+        model = self.model
+        layer = points[0].layer
+        fused = model.adapter.components.qkv
+
+        def hook(module: nn.Module, args: tuple, kwargs: dict, output: torch.Tensor):
+            norm = self._ln1(layer)
+            if norm is None:  # no pre-norm: the projection reads the residual itself
+                resid = args[0] if args else next(iter(kwargs.values()))
+            else:
+                resid = self._resid_stash[layer]
+            parts: dict[int, torch.Tensor] = {}
+            for point in points:
+                if not self._active(point):
+                    continue
+                new = self.fire(point.name, expanded(resid, point.n_heads))
+                # gradients wanted at this point, or through what a hook returned (a learned edge
+                # mask rebuilds the input with equal values but its own autograd graph)
+                wants_grad = any(e.backward for e in self.entries.get(point.name, ())) or (
+                    torch.is_grad_enabled() and new.requires_grad)
+                same = unchanged(new, resid)
+                if same and not wants_grad:
+                    continue  # read only: the model's own projection stands
+                which = PART_OF[point.suffix]
+                weight, bias = head_projection(model, layer, which)
+                if same:  # the model's output, with gradients per head (no per-head forward)
+                    own = own_part(output, fused, which, point.n_heads, model.cfg).detach()
+                    parts[which] = HeadsReadResidual.apply(new, own, resid, weight, norm, model.adapter.norm)
+                else:
+                    parts[which] = project_heads(plain_norm(norm, new), weight, bias)
+            if not parts:
+                return None
+            return assemble(output, fused, parts, model.cfg)
 
         return hook
 

@@ -83,8 +83,8 @@ def test_patching_each_name_alone_takes_effect(tiny):
     model = tiny.model
     source_tokens = torch.flip(tiny.tokens, dims=[1])
     with torch.no_grad():
-        clean_logits, clean = model.run_with_cache(tiny.tokens)
-        source_logits, source = model.run_with_cache(source_tokens)
+        clean_logits, clean = model.run_with_cache(tiny.tokens, model.names)  # split inputs included
+        source_logits, source = model.run_with_cache(source_tokens, model.names)
         for name in model.names:
             if name == "logits":
                 continue

@@ -21,7 +21,7 @@ def test_loads_with_expected_architecture(smol):
     assert (cfg.family, cfg.n_layers, cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.d_head, cfg.d_mlp, cfg.d_vocab) == (
         "llama", 30, 576, 9, 3, 64, 1536, 49152)
     assert cfg.tied_embeddings and not cfg.default_prepend_bos
-    assert len(smol.names) == 2 + 30 * 16 + 1
+    assert len(smol.names) == 2 + 30 * 20 + 1
     assert smol.names[:3] == ["embed", "blocks.0.resid_pre", "blocks.0.ln1.out"]
 
 

@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Literal
 
-SiteKind = Literal["input", "input_inplace", "output", "attention", "head_out"]
+SiteKind = Literal["input", "input_inplace", "input_copy", "output", "attention", "head_out", "split_input",
+                   "renorm_input"]
 AttentionEntry = Literal["interface", "method"]
 
 
@@ -30,6 +31,14 @@ class Site:
         caller keeps; a replacement is written in place so the residual changes too.
       - ``"attention"``: produced inside the attention computation (q, k, v, scores, pattern, z).
       - ``"head_out"``: derived per-head contribution, computed where ``attn.out`` is produced.
+      - ``"input_copy"``: as ``input``, but a copy: a replacement reaches module ``path`` only,
+        never the residual its caller keeps (``mlp.in``).
+      - ``"split_input"``: a per-head copy of the residual the attention's pre-norm reads
+        (``attn.q_input``/``k_input``/``v_input``); module ``path`` is the q, k or v (or fused
+        qkv) projection whose output is recomputed per head from it (see
+        `mechscope.models.split_inputs`).
+      - ``"renorm_input"``: the residual a pre-norm shared with attention reads (GPT-J's ln_1),
+        handed to module ``path`` (the MLP) through that norm recomputed on it (``mlp.in``).
     path: module path relative to the block (``""`` is the block itself) for block sites,
       absolute from the root for global sites.
     chunk: ``(index, n_chunks)`` to read one chunk of a fused output along the last dim.
@@ -81,7 +90,10 @@ class Components:
     the output of ``post_attn_norm`` if the family has one, else of ``o``; ``mlp.out`` of
     ``post_mlp_norm``, else of ``mlp``; ``mlp.pre`` the output of the gate (or the up
     projection; the gate half of a fused gate-up); ``mlp.post`` the input of ``mlp_out``;
-    ``resid_mid`` the input of ``ln2`` (or of ``mlp`` without one).
+    ``resid_mid`` the input of ``ln2`` (or of ``mlp`` without one); ``attn.{q,k,v}_input``
+    per-head copies of the input of ``ln1`` feeding the q/k/v (or fused) projections;
+    ``mlp.in`` a copy of the input of ``ln2`` (of ``mlp`` without one; through ``ln1`` again
+    where the MLP shares it).
     """
 
     attn: str  # the attention module
@@ -103,6 +115,10 @@ class Components:
     pos_embed: str | None = None  # absolute
     unembed: str = "lm_head"  # absolute
     ln_final: str = ""  # absolute
+    # Norms on the projected queries / keys inside the attention module (Qwen3, Gemma 3: per head
+    # over d_head; OLMo 2: one norm over all heads, n_heads * d_head wide).
+    q_norm: str | None = None
+    k_norm: str | None = None
 
 
 def derive_sites(c: Components, sequential: bool) -> tuple[dict[str, Site], dict[str, Site]]:
@@ -125,6 +141,14 @@ def derive_sites(c: Components, sequential: bool) -> tuple[dict[str, Site], dict
         block["resid_mid"] = residual_input_of(c.ln2 or c.mlp)
     if c.ln2 is not None:
         block["ln2.out"] = output(c.ln2)
+    for part, proj in zip(("q", "k", "v"), (c.q, c.k, c.v)):
+        block[f"attn.{part}_input"] = Site("split_input", (c.qkv or proj).path)
+    if c.ln2 is not None:  # the MLP's own pre-norm reads a copy
+        block["mlp.in"] = Site("input_copy", c.ln2)
+    elif c.ln1 is not None:  # a pre-norm shared with attention (GPT-J): recomputed for the MLP
+        block["mlp.in"] = Site("renorm_input", c.mlp)
+    else:  # no pre-norm (OLMo 2): the MLP reads the residual
+        block["mlp.in"] = Site("input_copy", c.mlp)
     block.update({"mlp.pre": pre, "mlp.post": input_of(c.mlp_out.path), "mlp.out": output(c.post_mlp_norm or c.mlp),
                   "resid_post": output("")})
     return global_sites, block

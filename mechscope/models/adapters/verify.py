@@ -59,7 +59,7 @@ def verify_adapter(adapter: Adapter, example=None) -> None:
         weight = getattr(module, "weight", None) if module is not None else None
         if module is not None and (not isinstance(weight, torch.Tensor) or weight.ndim != 2):
             problems.append(f"{role}: {proj.path!r} has no 2-D weight")
-    for role in ("attn", "mlp", "ln1", "ln2", "post_attn_norm", "post_mlp_norm"):
+    for role in ("attn", "mlp", "ln1", "ln2", "post_attn_norm", "post_mlp_norm", "q_norm", "k_norm"):
         path = getattr(c, role)
         if path is not None:
             find(f"{block}.{path}" if path else block, role)

@@ -1,0 +1,266 @@
+"""Edge attribution patching (EAP, Syed et al. 2023) and its integrated-gradients variants
+(EAP-IG, Hanna et al. 2024), as schedules over one gradient-times-difference kernel.
+
+For every real edge u -> v:
+
+    score(u -> v) = sum over prompts, positions, d of (a_ablated(u) - a_clean(u)) . d metric / d input(v)
+
+a first-order estimate of metric(clean run with only that edge ablated) - metric(clean run),
+summed over prompts (so chunked prompts add up: shard them and sum). The difference
+(source-major `[n_src, n * pos * d]`, `Difference`) comes from one ablation forward and the clean
+sources; each gradient pass (a forward and an activation-only backward, parameters frozen) adds,
+at every destination hook, one matmul ``diff[:prefix] @ grad`` into ``scores[:prefix, dst]``.
+EAP records the clean sources in its gradient pass's own forward: 2 forwards + 1 backward.
+The methods differ only in their gradient passes (the *schedule*):
+
+- ``"EAP"``: one pass on the clean run.
+- ``"EAP-IG-inputs"``: ``steps`` passes with the input embedding (``blocks.0.resid_pre``)
+  interpolated from ablated to clean, ``alpha = k / steps``, averaged. ``rule="right"``
+  (k = 1..steps, the default: steps=1 is EAP exactly) or ``"left"`` (k = 0..steps-1,
+  hannamw/EAP-IG's convention for inputs).
+- ``"EAP-IG-activations"``: for each source group (the input, each layer's attention, each MLP)
+  ``steps`` passes with that group's output interpolated (k = 1..steps); the edges *out of* the
+  group take the gradients of its own passes ((2 n_layers + 1) * steps passes).
+- ``"clean-corrupted"``: the mean of a pass on the clean and one on the corrupted prompts.
+
+Node level (``level="node"``): score(u) = (a_ablated(u) - a_clean(u)) . d metric / d a(u), the
+gradient taken at the source outputs themselves (node attribution patching); since every
+destination downstream reads a(u) with coefficient 1, it equals the row sum of u's edge scores.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import torch
+
+from ..causal.metrics import checked_metric, logit_diff
+from ..causal.patching import run_and_source
+from ..data.tasks import PromptPairs
+from ..errors import SelectionError
+from .graph import Graph
+from .interventions import ABLATIONS, ablated_sources, source_activations, stack_sources
+from .result import CircuitScores
+
+METHODS = ("EAP", "EAP-IG-inputs", "EAP-IG-activations", "clean-corrupted")
+Metric = Callable[[torch.Tensor, PromptPairs], torch.Tensor]
+
+
+def chunks(pairs: PromptPairs, batch_size: int | None) -> Iterator[PromptPairs]:
+    """``pairs`` cut into consecutive chunks of at most ``batch_size`` prompts."""
+    n = len(pairs)
+    size = n if batch_size is None else batch_size
+    if size < 1:
+        raise SelectionError(f"batch_size must be at least 1, got {batch_size}")
+    for i in range(0, n, size):
+        rows = slice(i, i + size)
+        yield PromptPairs(pairs.clean[rows], pairs.corrupted[rows], pairs.answers[rows], pairs.wrong[rows],
+                          pairs.answer_positions[rows])
+
+
+def alphas(steps: int, rule: str = "right") -> list[float]:
+    """The interpolation points of an IG schedule (1 = clean, 0 = ablated)."""
+    if steps < 1:
+        raise SelectionError(f"steps must be at least 1, got {steps}")
+    if rule == "right":
+        return [k / steps for k in range(1, steps + 1)]
+    if rule == "left":
+        return [k / steps for k in range(steps)]
+    raise SelectionError(f"rule must be 'right' or 'left', got {rule!r}")
+
+
+def attribute(model, pairs: PromptPairs, metric: Metric = logit_diff, *, method: str = "EAP", steps: int = 5,
+              ablation: str = "corrupted", level: str = "edge", batch_size: int | None = None,
+              rule: str = "right") -> CircuitScores:
+    """Scores of every real edge (or source node) of ``model``'s graph on ``pairs``.
+
+    method: one of `METHODS`. ablation: what pruned edges carry ("corrupted": the corrupted
+    prompts' activations; "mean": their mean per position over all prompts; "zero").
+    batch_size: prompts per pass (scores are sums, so the totals do not depend on it).
+    Returns `CircuitScores` (``scores`` `[n_src, n_dst]`, or `[n_src]` at node level).
+    """
+    if method not in METHODS:
+        raise SelectionError(f"method must be one of {METHODS}, got {method!r}")
+    if ablation not in ABLATIONS:
+        raise SelectionError(f"ablation must be one of {ABLATIONS}, got {ablation!r}")
+    metric = checked_metric(metric)
+    run_and_source(pairs, "noise", model)  # checks pairs and answers
+    graph = Graph.from_model(model, level)
+    scores = graph.empty_scores().to(model.device)
+    mean = _mean_sources(model, graph, pairs, batch_size) if ablation == "mean" else None
+    clean_total = corrupted_total = 0.0
+    for chunk in chunks(pairs, batch_size):
+        if ablation == "corrupted":
+            corrupted_logits, ablated = source_activations(model, graph, chunk.corrupted)
+        else:
+            with torch.no_grad():
+                corrupted_logits = model(chunk.corrupted)
+            ablated = mean if ablation == "mean" else ablated_sources(model, graph, chunk.corrupted, "zero")
+        corrupted_total += float(metric(corrupted_logits, chunk).float().sum())
+        if method == "EAP":  # the clean sources are recorded in the gradient pass's own forward
+            diff = Difference(graph, ablated)
+            logits = _gradient_pass(model, graph, chunk.clean, chunk, metric, diff, scores, 1.0, diff.recorders(), None)
+            clean_total += float(metric(logits, chunk).float().sum())
+            continue
+        clean_logits, clean = source_activations(model, graph, chunk.clean)
+        clean_total += float(metric(clean_logits, chunk).float().sum())
+        diff = Difference(graph, ablated, clean)
+        for tokens, weight, hooks, rows in _schedule(model, graph, chunk, method, steps, rule, clean, ablated,
+                                                     diff.value):
+            _gradient_pass(model, graph, tokens, chunk, metric, diff, scores, weight, hooks, rows)
+    return CircuitScores(graph.cfg, level, scores.float().cpu(), method, getattr(metric, "__name__", "metric"),
+                         ablation, steps if "IG" in method else 1, len(pairs), clean_total / len(pairs),
+                         corrupted_total / len(pairs))
+
+
+def eap(model, pairs: PromptPairs, metric: Metric = logit_diff, **options) -> CircuitScores:
+    """`attribute` with ``method="EAP"``."""
+    return attribute(model, pairs, metric, method="EAP", **options)
+
+
+def eap_ig(model, pairs: PromptPairs, metric: Metric = logit_diff, *, steps: int = 5, inputs: bool = True,
+           **options) -> CircuitScores:
+    """`attribute` with ``method="EAP-IG-inputs"`` (or ``-activations`` with ``inputs=False``)."""
+    return attribute(model, pairs, metric, method="EAP-IG-inputs" if inputs else "EAP-IG-activations",
+                     steps=steps, **options)
+
+
+class Difference:
+    """ablated - clean source outputs, source-major `[n_src, n * pos * d]` (``value``): from the
+    clean sources given, or (EAP) assembled from those the gradient pass's forward records
+    (`recorders`), so no separate clean forward is run."""
+
+    def __init__(self, graph: Graph, ablated: torch.Tensor, clean: torch.Tensor | None = None):
+        self.graph, self.ablated = graph, ablated
+        self.parts: dict[str, torch.Tensor] = {}
+        self._value = None if clean is None else self._build(clean)
+
+    def _build(self, clean: torch.Tensor) -> torch.Tensor:
+        diff = self.ablated.to(clean.dtype) - clean  # [n, pos, n_src, d]
+        return diff.permute(2, 0, 1, 3).reshape(self.graph.n_src, -1).contiguous()
+
+    def recorders(self) -> dict[str, Callable]:
+        def record(hook: str) -> Callable:
+            return lambda x, ctx: self.parts.__setitem__(hook, x.detach())
+
+        return {hook: record(hook) for hook in self.graph.source_groups()}
+
+    @property
+    def value(self) -> torch.Tensor:
+        if self._value is None:
+            self._value = self._build(stack_sources(self.graph, self.parts))
+            self.parts = {}
+        return self._value
+
+
+def _mean_sources(model, graph: Graph, pairs: PromptPairs, batch_size: int | None) -> torch.Tensor:
+    """Mean source outputs per position over all corrupted prompts: `[1, pos, n_src, d]`."""
+    total = None
+    for chunk in chunks(pairs, batch_size):
+        _, acts = source_activations(model, graph, chunk.corrupted)
+        total = acts.sum(0, keepdim=True) if total is None else total + acts.sum(0, keepdim=True)
+    return total / len(pairs)
+
+
+def _schedule(model, graph: Graph, pairs: PromptPairs, method: str, steps: int, rule: str,
+              clean: torch.Tensor, ablated: torch.Tensor, diff: torch.Tensor):
+    """``(tokens, weight, forward hooks, source rows or None)`` of each gradient pass."""
+    if method == "EAP":
+        yield pairs.clean, 1.0, {}, None
+    elif method == "clean-corrupted":
+        yield pairs.clean, 0.5, {}, None
+        yield pairs.corrupted, 0.5, {}, None
+    elif method == "EAP-IG-inputs":
+        start, end = ablated[:, :, 0].to(clean.dtype), clean[:, :, 0]
+        for alpha in alphas(steps, rule):
+            yield pairs.clean, 1.0 / steps, {"blocks.0.resid_pre": _set_to(start + alpha * (end - start))}, None
+    else:  # EAP-IG-activations: one group of sources at a time
+        for hook, rows in _source_blocks(graph):
+            shift = diff[rows].sum(0).reshape(clean.shape[0], clean.shape[1], -1)  # ablated - clean, over the group
+            for alpha in alphas(steps, "right"):
+                yield pairs.clean, 1.0 / steps, {hook: _shifted(shift, 1.0 - alpha)}, rows
+
+
+def _source_blocks(graph: Graph) -> list[tuple[str, slice]]:
+    """Groups interpolated together by EAP-IG-activations: (hook writing them, source rows)."""
+    out = [("blocks.0.resid_pre", slice(0, 1))]
+    for l in range(graph.n_layers):
+        first = graph.src_index(l, 0)
+        out.append((f"blocks.{l}.attn.out", slice(first, first + graph.n_heads)))
+        out.append((f"blocks.{l}.mlp.out", slice(first + graph.n_heads, first + graph.n_heads + 1)))
+    return out
+
+
+def _set_to(value: torch.Tensor) -> Callable:
+    return lambda x, ctx: value.to(x.dtype).expand_as(x).clone()
+
+
+def _shifted(shift: torch.Tensor, by: float) -> Callable:
+    return lambda x, ctx: x + by * shift.to(x.dtype)
+
+
+def _gradient_pass(model, graph: Graph, tokens: torch.Tensor, pairs: PromptPairs, metric: Metric,
+                   diff: Difference, scores: torch.Tensor, weight: float, forward: dict,
+                   rows: slice | None) -> torch.Tensor:
+    """One forward + backward of ``metric`` summed over prompts, adding ``weight`` times the
+    kernel at every destination (edge level) or source (node level) into ``scores``. Returns
+    the pass's logits (detached)."""
+    forward = dict(forward)
+    if graph.level == "edge":
+        backward = {hook: _edge_kernel(graph, idx, diff, scores, weight, rows)
+                    for hook, idx in graph.hook_groups().items()}
+    else:
+        backward = {hook: _node_kernel(idx, diff, scores, weight, rows) for hook, idx in graph.source_groups().items()}
+        for hook in backward:  # heads' shares must be on the path for their gradients to reach them
+            if hook.endswith("attn.head_out"):
+                forward[hook] = _chain(forward.get(hook), lambda x, ctx: x.clone())
+    with torch.enable_grad(), model.hooks(forward, backward=backward):
+        logits = model(tokens)
+        metric(logits, pairs).float().sum().backward()
+    return logits.detach()
+
+
+def _chain(first: Callable | None, second: Callable) -> Callable:
+    if first is None:
+        return second
+
+    def both(x: torch.Tensor, ctx) -> torch.Tensor:
+        y = first(x, ctx)
+        return second(x if y is None else y, ctx)
+
+    return both
+
+
+def _edge_kernel(graph: Graph, idx: list[int], diff: Difference, scores: torch.Tensor, weight: float,
+                 rows: slice | None) -> Callable:
+    prefix = graph.destinations[idx[0]].prefix
+    span = slice(idx[0], idx[-1] + 1)
+    src = slice(0, prefix) if rows is None else slice(rows.start, min(rows.stop, prefix))
+
+    def kernel(grad: torch.Tensor, ctx) -> None:
+        if src.stop <= src.start:
+            return
+        g = grad if grad.ndim == 4 else grad[:, :, None]
+        g = g.permute(0, 1, 3, 2).reshape(-1, g.shape[2])  # [n*pos*d, j]
+        scores[src, span] += weight * (diff.value[src].to(g.dtype) @ g).to(scores.dtype)
+        return
+
+    return kernel
+
+
+def _node_kernel(idx: list[int], diff: Difference, scores: torch.Tensor, weight: float,
+                 rows: slice | None) -> Callable:
+    index = torch.tensor(idx)
+    keep = index if rows is None else index[(index >= rows.start) & (index < rows.stop)]
+
+    def kernel(grad: torch.Tensor, ctx) -> None:
+        if not len(keep):
+            return
+        g = grad if grad.ndim == 4 else grad[:, :, None]
+        g = g[:, :, (keep - idx[0]).to(g.device)].permute(2, 0, 1, 3).reshape(len(keep), -1)  # [s, n*pos*d]
+        value = diff.value
+        part = (value[keep.to(value.device)].to(g.dtype) * g).sum(-1)
+        scores[keep.to(scores.device)] += weight * part.to(scores.dtype)
+        return
+
+    return kernel

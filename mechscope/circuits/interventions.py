@@ -1,0 +1,203 @@
+"""Edge interventions: a forward in which chosen edges carry ablated instead of current values.
+
+The difference-buffer trick (one ablation pass, then one patched pass, whatever the circuit):
+the ablated source outputs `[n, pos, n_src, d_model]` are recorded once (`ablated_sources`);
+in the patched forward every source hook stores ``current - ablated`` for its sources, and every
+destination hook rebuilds its input as
+
+    input(v) - sum_u W[u, v] * (current(u) - ablated(u))
+
+before the destination's own normalisation (the q/k/v inputs read the residual before ln1, the
+MLP input before ln2, the logits before the final norm). ``W = 1 - mask`` `[k, n_src, n_dst]`:
+1 where the edge is pruned, 0 where it is kept, anything in between for learned (continuous)
+masks, which get gradients through it. ``k`` masks run at once as ``k`` variants stacked on
+the batch axis (variant-major rows ``v * n + i``, as `PromptPairs.tile` lays them out): ACDC
+evaluates many edge removals per forward, edge pruning trains one float mask, faithfulness
+curves run their circuits side by side. W = 0 everywhere (the full circuit) leaves the forward
+as it was; W = 1 on every real edge gives each destination the ablated input.
+
+Memory: only sources with at least one pruned edge are buffered, as `[k * n, pos, s, d_model]`
+in one source-major buffer `[k, s, n, pos, d_model]` in ``buffer_dtype`` (bf16 halves it), so
+each destination reads a contiguous prefix with one batched matmul; `buffer_bytes_per_token`
+states the worst case. Prompts are chunked by the callers (``batch_size``) to bound it further.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from ..errors import SelectionError
+from .graph import Graph
+
+ABLATIONS = ("corrupted", "zero", "mean")
+
+
+def stack_sources(graph: Graph, cache) -> torch.Tensor:
+    """The sources' outputs `[n, pos, n_src, d_model]` in forward order, from a cache holding
+    every source hook (``blocks.0.resid_pre``, ``attn.head_out``, ``mlp.out``)."""
+    parts = []
+    for hook in graph.source_groups():
+        x = cache[hook]
+        parts.append(x if x.ndim == 4 else x[:, :, None])
+    return torch.cat(parts, dim=2)
+
+
+def source_names(graph: Graph) -> list[str]:
+    return list(graph.source_groups())
+
+
+def source_activations(model, graph: Graph, tokens: torch.Tensor, *, dtype: torch.dtype | None = None
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(logits, sources [n, pos, n_src, d_model])`` of one plain forward of ``tokens``."""
+    with torch.no_grad():
+        logits, cache = model.run_with_cache(tokens, source_names(graph), dtype=dtype)
+    return logits, stack_sources(graph, cache)
+
+
+def ablated_sources(model, graph: Graph, corrupted: torch.Tensor, ablation: str = "corrupted", *,
+                    reference: torch.Tensor | None = None, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """The values pruned edges carry: `[n, pos, n_src, d]` (``"corrupted"``: the corrupted run's
+    outputs), `[1, pos, n_src, d]` (``"mean"``: their mean over the prompts at each position, of
+    ``reference`` tokens when given) or `[1, 1, n_src, d]` zeros (``"zero"``)."""
+    if ablation not in ABLATIONS:
+        raise SelectionError(f"ablation must be one of {ABLATIONS}, got {ablation!r}")
+    if ablation == "zero":
+        return torch.zeros(1, 1, graph.n_src, graph.cfg["d_model"], dtype=dtype or model.dtype, device=model.device)
+    _, acts = source_activations(model, graph, corrupted if reference is None else reference, dtype=dtype)
+    return acts.mean(0, keepdim=True) if ablation == "mean" else acts
+
+
+def buffer_bytes_per_token(graph: Graph, dtype: torch.dtype = torch.float32, *, with_ablated: bool = True) -> int:
+    """Worst-case bytes per token of an edge-patched forward: the difference buffer
+    (``n_src * d_model`` values) plus, with ``with_ablated``, the stored ablated outputs."""
+    size = torch.empty((), dtype=dtype).element_size()
+    return graph.n_src * int(graph.cfg["d_model"]) * size * (2 if with_ablated else 1)
+
+
+def pruned_weights(graph: Graph, in_graph: torch.Tensor) -> torch.Tensor:
+    """W `[k, n_src, n_dst]` (float) from membership `[n_src, n_dst]` or `[k, n_src, n_dst]`
+    (bool: True = kept; float: the kept fraction), zero off the real edges."""
+    mask = in_graph if in_graph.ndim == 3 else in_graph[None]
+    if tuple(mask.shape[1:]) != (graph.n_src, graph.n_dst):
+        raise SelectionError(f"a circuit mask must be [n_src, n_dst] = [{graph.n_src}, {graph.n_dst}], "
+                             f"got {tuple(in_graph.shape)}")
+    return (1.0 - mask.float()) * graph.real.to(mask.device)
+
+
+class EdgePatch:
+    """Hooks that run a forward with the edges of ``W`` `[k, n_src, n_dst]` pruned (see module).
+
+    ablated: `[n | 1, pos | 1, n_src, d]` from `ablated_sources`; the forward runs ``k * n`` rows.
+    buffer_dtype: dtype of the stored differences (default the activations').
+
+    The buffered ("live") sources are compacted in forward order, so every destination reads
+    a prefix of the buffer: one matmul per destination hook. Without gradients the buffer is
+    one preallocated tensor written in place; when ``W`` needs gradients (learned masks) the
+    per-hook differences are kept as separate tensors and joined where read, so autograd sees
+    no in-place writes.
+    """
+
+    def __init__(self, graph: Graph, ablated: torch.Tensor, W: torch.Tensor, *,
+                 buffer_dtype: torch.dtype | None = None):
+        self.graph, self.ablated, self.W, self.buffer_dtype = graph, ablated, W, buffer_dtype
+        self.k = W.shape[0]
+        self.differentiable = W.requires_grad
+        # Sources with a pruned edge somewhere (every source when W needs gradients: a learned
+        # mask at 1 prunes nothing yet, but its gradient runs through these hooks).
+        nonzero = (W.detach() != 0) | self.differentiable
+        live = nonzero.any(dim=(0, 2)).cpu()
+        self.live = live.nonzero()[:, 0]  # source indices, in forward order
+        slot = torch.cumsum(live.long(), 0) - 1  # slot of each live source
+        self.source_hooks: dict[str, tuple[list[int], slice]] = {}
+        for hook, idx in graph.source_groups().items():
+            chosen = [i for i in idx if live[i]]
+            if chosen:
+                self.source_hooks[hook] = (chosen, slice(int(slot[chosen[0]]), int(slot[chosen[-1]]) + 1))
+        # Destination hooks reading the same prefix (a layer's q, k and v inputs) share one matmul.
+        spans: dict[int, list[int]] = {}
+        for hook, idx in graph.hook_groups().items():
+            spans.setdefault(graph.destinations[idx[0]].prefix, []).extend(idx)
+        self.dest_hooks: dict[str, tuple[int, slice, slice, int]] = {}
+        for hook, idx in graph.hook_groups().items():
+            prefix = graph.destinations[idx[0]].prefix
+            span = slice(idx[0], idx[-1] + 1)
+            if bool(nonzero[:, :prefix, span].any()):
+                shared = slice(min(spans[prefix]), max(spans[prefix]) + 1)
+                local = slice(idx[0] - shared.start, idx[-1] + 1 - shared.start)
+                self.dest_hooks[hook] = (prefix, shared, local, int(live[:prefix].sum()))
+        self._deltas: dict[int, torch.Tensor] = {}
+        self.W_live = W[:, self.live.to(W.device), :]  # [k, n_live, n_dst]
+        self.buffer: torch.Tensor | None = None
+        self.pieces: list[torch.Tensor] = []
+
+    def hooks(self) -> dict[str, Callable]:
+        """Forward hooks (source hooks record, destination hooks rebuild; the names never overlap)."""
+        out: dict[str, Callable] = {hook: self._record(hook, idx, slots)
+                                    for hook, (idx, slots) in self.source_hooks.items()}
+        out.update({hook: self._rebuild(*spec) for hook, spec in self.dest_hooks.items()})
+        return out
+
+    def _record(self, hook: str, idx: list[int], slots: slice) -> Callable:
+        first = self.graph.source_groups()[hook][0]
+        local = torch.tensor([i - first for i in idx])
+        sources = torch.tensor(idx)
+
+        def record(x: torch.Tensor, ctx) -> None:
+            x4 = x if x.ndim == 4 else x[:, :, None]
+            rows, pos = x4.shape[:2]
+            current = x4.index_select(2, local.to(x.device))
+            ablated = self.ablated[:, :pos].index_select(2, sources.to(x.device))
+            diff = current.reshape(self.k, rows // self.k, *current.shape[1:]) - ablated.to(current.dtype)
+            diff = diff.permute(0, 3, 1, 2, 4)  # source-major: [k, s, n, pos, d]
+            dtype = self.buffer_dtype or diff.dtype
+            if self.differentiable:
+                self.pieces.append(diff.to(dtype))
+                return
+            if self.buffer is None:
+                shape = (self.k, len(self.live), *diff.shape[2:])
+                self.buffer = torch.empty(shape, dtype=dtype, device=diff.device)
+            self.buffer[:, slots] = diff
+            return
+
+        return record
+
+    def _rebuild(self, prefix: int, shared: slice, local: slice, n_live: int) -> Callable:
+        """The hook rebuilding destinations ``local`` of the group ``shared`` that reads sources
+        ``[0, prefix)`` (``n_live`` buffered): the group's correction `[k * n, pos, j, d]` is
+        computed by its first hook and reused by the others."""
+
+        def rebuild(x: torch.Tensor, ctx) -> torch.Tensor:
+            if n_live == 0:
+                return x
+            delta = self._deltas.get(prefix)
+            if delta is None or delta.dtype != x.dtype:
+                delta = self._deltas[prefix] = self._correction(shared, n_live, x.dtype)
+            x4 = x if x.ndim == 4 else x[:, :, None]
+            out = x4 - delta[:, :, local]
+            return out if x.ndim == 4 else out[:, :, 0]
+
+        return rebuild
+
+    def _correction(self, shared: slice, n_live: int, dtype: torch.dtype) -> torch.Tensor:
+        """sum_u W[u, v] (current(u) - ablated(u)) for destinations ``shared``: `[k * n, pos, j, d]`."""
+        weights = self.W_live[:, :n_live, shared].transpose(1, 2).to(dtype)  # [k, j, s]
+        if self.differentiable:
+            diff = torch.cat(self.pieces, dim=1)[:, :n_live]
+        else:
+            diff = self.buffer[:, :n_live]  # [k, s, n, pos, d], contiguous: one batched matmul
+        k, s, n, pos, d = diff.shape
+        delta = torch.bmm(weights, diff.reshape(k, s, -1).to(dtype))  # [k, j, n * pos * d]
+        return delta.reshape(k, -1, n, pos, d).permute(0, 2, 3, 1, 4).reshape(k * n, pos, -1, d)
+
+
+def patched_logits(model, graph: Graph, tokens: torch.Tensor, ablated: torch.Tensor, W: torch.Tensor, *,
+                   buffer_dtype: torch.dtype | None = None, logits_at: torch.Tensor | None = None) -> torch.Tensor:
+    """Logits `[k * n, pos, vocab]` of ``tokens`` `[n, pos]` with the ``k`` masks of ``W``
+    `[k, n_src, n_dst]` applied (variant-major rows). Gradients flow to ``W`` when it needs them."""
+    patch = EdgePatch(graph, ablated, W, buffer_dtype=buffer_dtype)
+    k = W.shape[0]
+    rows = tokens.repeat(k, 1)
+    with model.hooks(patch.hooks()):
+        return model(rows, logits_at=None if logits_at is None else logits_at.repeat(k, 1))
