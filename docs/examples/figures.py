@@ -1,7 +1,7 @@
-"""Writes the interactive figures of docs/hooked-model.md, analysis.md, tasks.md, adapters.md and
-sae.md from real runs of the bundled SmolLM2-135M (run from the repository root):
+"""Writes the interactive figures of docs/hooked-model.md, analysis.md, tasks.md, adapters.md,
+sae.md and circuits.md from real runs of the bundled SmolLM2-135M (run from the repository root):
 
-    python docs/examples/figures.py [hooked-model] [analysis] [tasks] [adapters] [sae]
+    python docs/examples/figures.py [hooked-model] [analysis] [tasks] [adapters] [sae] [circuits]
 
 with no argument, all of them. Figures go to docs/figures/ as HTML that loads
 docs/figures/plotly.min.js (stored once for every docs figure), so they work offline.
@@ -134,7 +134,21 @@ def sae(model: ms.HookedModel) -> None:
                                       f"three activation quantiles of latent {j}, aligned on their peak. {setup}")
 
 
-PAGES = {"hooked-model": hooked_model, "analysis": analysis, "tasks": tasks, "adapters": adapters, "sae": sae}
+def circuits(model: ms.HookedModel) -> None:
+    pairs = ms.ioi(model, 8)
+    scores = ms.eap_ig(model, pairs, steps=5)
+    circuit = scores.top_n(300, prune=True)
+    save(circuit.plot(kind="graph"), "ioi-circuit-graph",
+         "The 300 edges with the largest EAP-IG-inputs scores (5 steps, 8 IOI prompts, ABC corruption, logit "
+         "difference), pruned to the edges on a path from the input to the logits: heads by layer, width by |score|.")
+    curve = ms.faithfulness(model, pairs, scores)
+    save(curve.plot(), "ioi-circuit-faithfulness",
+         "Faithfulness f(C) of the EAP-IG circuits at 0.1-100 % of the edges (signed, absolute and random "
+         "rankings, bootstrap 95 % intervals over the 8 prompts).")
+
+
+PAGES = {"hooked-model": hooked_model, "analysis": analysis, "tasks": tasks, "adapters": adapters, "sae": sae,
+         "circuits": circuits}
 
 
 def main(pages: list[str]) -> None:
