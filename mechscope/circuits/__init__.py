@@ -1,5 +1,5 @@
 """Automated circuit discovery: the component graph, edge interventions, EAP / EAP-IG edge
-(and node) attribution, circuit selection, MIB-style faithfulness, exports (see docs/circuits.md).
+(and node) attribution, ACDC, circuit selection, MIB-style faithfulness, exports (see docs/circuits.md).
 
     scores = ms.circuits.attribute(model, pairs, method="EAP-IG-inputs", steps=5)
     circuit = scores.top_n(200)                      # or .threshold(tau), .greedy(n)
@@ -7,6 +7,7 @@
     ms.circuits.save_pt(circuit, "circuit.pt")       # hannamw/EAP-IG's layout
 """
 
+from .acdc import acdc, acdc_order
 from .eap import METHODS, alphas, attribute, eap, eap_ig
 from .exact import edge_patching
 from .export import read_eap_ig, save_dot, save_json, save_pt, to_dot, to_eap_ig
@@ -25,8 +26,37 @@ from .result import Circuit, CircuitScores, FaithfulnessCurve
 from .selection import greedy, nodes_of, prune, threshold, top_n
 
 __all__ = [
-    "ABLATIONS", "METHODS", "PERCENTS", "Circuit", "CircuitScores", "EdgePatch", "FaithfulnessCurve", "Graph",
-    "ablated_sources", "alphas", "attribute", "buffer_bytes_per_token", "eap", "eap_ig", "edge_patching", "evaluate_circuits",
-    "faithfulness", "greedy", "nodes_of", "patched_logits", "prune", "pruned_weights", "read_eap_ig", "save_dot",
-    "save_json", "save_pt", "source_activations", "threshold", "to_dot", "to_eap_ig", "top_n",
+    "ABLATIONS",
+    "METHODS",
+    "PERCENTS",
+    "Circuit",
+    "CircuitScores",
+    "EdgePatch",
+    "FaithfulnessCurve",
+    "Graph",
+    "ablated_sources",
+    "acdc",
+    "acdc_order",
+    "alphas",
+    "attribute",
+    "buffer_bytes_per_token",
+    "eap",
+    "eap_ig",
+    "edge_patching",
+    "evaluate_circuits",
+    "faithfulness",
+    "greedy",
+    "nodes_of",
+    "patched_logits",
+    "prune",
+    "pruned_weights",
+    "read_eap_ig",
+    "save_dot",
+    "save_json",
+    "save_pt",
+    "source_activations",
+    "threshold",
+    "to_dot",
+    "to_eap_ig",
+    "top_n",
 ]

@@ -55,3 +55,21 @@ def test_eap_ig_finds_previous_token_to_induction_via_k(toy):
     loss_circuit, loss_clean, loss_empty = -values[first].mean(), -clean.mean(), -empty
     assert loss_empty - loss_clean > 2.0
     assert loss_circuit - loss_clean < 0.1 * (loss_empty - loss_clean)
+
+
+def test_acdc_finds_previous_token_to_induction_via_k(toy):
+    """ACDC (task metric, tau 0.05) keeps the previous-token head -> induction head K edge,
+    prunes most of the graph, and its circuit keeps the second copy's loss."""
+    model, pairs = toy
+    detectors = ms.head_scores(model, ms.repeated_random_tokens(24, batch=16, low=0, high=256, seed=123))
+    prev = detectors.top(1, kind="previous_token").iloc[0]
+    induction = detectors.top(1, kind="induction").iloc[0]
+    k_edge = f"a{int(prev.layer)}.h{int(prev['head'])}->a{int(induction.layer)}.h{int(induction['head'])}<k>"
+    circuit = C.acdc(model, pairs, 0.05, copy_logprob)
+    graph = circuit.graph
+    assert k_edge in set(circuit.to_dataframe()["edge"])
+    assert circuit.n_edges < 0.3 * graph.n_edges
+    values, clean = C.evaluate_circuits(model, graph, pairs, copy_logprob,
+                                        [circuit.in_graph, torch.zeros_like(graph.real)])
+    loss_circuit, loss_clean, loss_empty = -values[0].mean(), -clean.mean(), -values[1].mean()
+    assert loss_circuit - loss_clean < 0.1 * (loss_empty - loss_clean)

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
-EXAMPLE = re.compile(r"```python\n(?P<code>.*?)```\s*\n+Output:\s*\n+```text\n(?P<out>.*?)```", re.S)
+# A code block never spans a fence: an unchecked python block before a checked one stays out of it.
+EXAMPLE = re.compile(r"```python\n(?P<code>(?:(?!```).)*?)```\s*\n+Output:\s*\n+```text\n(?P<out>.*?)```", re.S)
 PAGES = sorted(p for p in DOCS.glob("*.md") if EXAMPLE.search(p.read_text()))
 
 
