@@ -26,6 +26,7 @@ from .adapters.base import Adapter
 from .cache import ActivationCache, recorder
 from .config import ModelConfig, build_config
 from .extension import Extension
+from .functional import next_token_losses
 from .hook_points import HookPoint, NameSpec, build_hook_points, select_names
 from .norms import FrozenNorm
 from .partial import last_block_needed, starting_at, stopping_after
@@ -626,8 +627,7 @@ def _next_token_loss(logits: torch.Tensor, input_ids: torch.Tensor, attention_ma
     `[batch, pos]`, over the pairs of real tokens (padding left out)."""
     if input_ids.shape[1] < 2:
         raise SelectionError("return_type='loss' needs at least 2 tokens per prompt (a token and its successor)")
-    logprobs = logits[:, :-1].float().log_softmax(-1)
-    nll = -logprobs.gather(-1, input_ids[:, 1:, None].to(logits.device))[..., 0]  # [batch, pos - 1]
+    nll = next_token_losses(logits, input_ids)  # [batch, pos - 1]
     if attention_mask is None:
         return nll.mean()
     real = (attention_mask[:, 1:].bool() & attention_mask[:, :-1].bool()).to(nll.dtype)
