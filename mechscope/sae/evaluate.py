@@ -24,6 +24,7 @@ import pandas as pd
 import torch
 
 from ..data.harvest import massive_tokens, token_mask
+from ..models.functional import next_token_losses
 from ..models.hooked import HookedModel
 from ..result import Result
 from ..viz import figures
@@ -134,7 +135,7 @@ def evaluate_sae(model: HookedModel, sae: SAE, tokens: torch.Tensor, *, batch_si
             with model.hooks({target_name: lambda y, ctx, keep=keep: y * keep.to(y.dtype)}):  # zero where evaluated
                 zero_logits = model(batch)
             for name, logits in (("clean", clean_logits), ("sae", sae_logits), ("zero", zero_logits)):
-                sums[f"ce_{name}"] += float(_next_token_loss(logits, batch).sum())
+                sums[f"ce_{name}"] += float(next_token_losses(logits, batch).sum())
             clean_logprobs = clean_logits[:, :-1].float().log_softmax(-1)
             for name, logits in (("sae", sae_logits), ("zero", zero_logits)):
                 logprobs = logits[:, :-1].float().log_softmax(-1)
@@ -152,9 +153,3 @@ def evaluate_sae(model: HookedModel, sae: SAE, tokens: torch.Tensor, *, batch_si
         dead_fraction=float((density == 0).float().mean()), dense_fraction=float((density > dense_threshold).float().mean()),
         density=density,
     )
-
-
-def _next_token_loss(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy of each next token `[batch, pos - 1]`."""
-    logprobs = logits[:, :-1].float().log_softmax(-1)
-    return -logprobs.gather(-1, tokens[:, 1:, None].to(logprobs.device))[..., 0]
