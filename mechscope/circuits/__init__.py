@@ -1,5 +1,5 @@
 """Automated circuit discovery: the component graph, edge interventions, EAP / EAP-IG edge
-(and node) attribution, ACDC, circuit selection, MIB-style faithfulness, exports (see docs/circuits.md).
+(and node) attribution, ACDC, edge pruning, circuit selection, MIB-style faithfulness, exports (see docs/circuits.md).
 
     scores = ms.circuits.attribute(model, pairs, method="EAP-IG-inputs", steps=5)
     circuit = scores.top_n(200)                      # or .threshold(tau), .greedy(n)
@@ -22,6 +22,7 @@ from .interventions import (
     pruned_weights,
     source_activations,
 )
+from .pruning import deterministic_gates, edge_pruning, open_probability, sample_gates
 from .result import Circuit, CircuitScores, FaithfulnessCurve
 from .selection import greedy, nodes_of, prune, threshold, top_n
 
@@ -40,17 +41,21 @@ __all__ = [
     "alphas",
     "attribute",
     "buffer_bytes_per_token",
+    "deterministic_gates",
     "eap",
     "eap_ig",
     "edge_patching",
+    "edge_pruning",
     "evaluate_circuits",
     "faithfulness",
     "greedy",
     "nodes_of",
+    "open_probability",
     "patched_logits",
     "prune",
     "pruned_weights",
     "read_eap_ig",
+    "sample_gates",
     "save_dot",
     "save_json",
     "save_pt",

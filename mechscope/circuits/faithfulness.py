@@ -35,15 +35,20 @@ PERCENTS = (0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100)
 RANKINGS = FaithfulnessCurve.RANKINGS
 
 
-def rankings(graph: Graph, scores: torch.Tensor, *, higher_is_better: bool = True, seed: int = 0
-             ) -> dict[str, torch.Tensor]:
-    """Real-edge flat indices (into `[n_src * n_dst]`) in the order each ranking adds them."""
+def rankings(graph: Graph, scores: torch.Tensor, *, higher_is_better: bool = True, seed: int = 0,
+             score_kind: str = "effect") -> dict[str, torch.Tensor]:
+    """Real-edge flat indices (into `[n_src * n_dst]`) in the order each ranking adds them
+    (learned keep logits, ``score_kind="keep"``, rank by themselves under both "signed" and
+    "absolute")."""
     real = graph.real.flatten().nonzero()[:, 0]
     values = torch.nan_to_num(scores.flatten()[real].double(), nan=0.0)
-    importance = -values if higher_is_better else values
+    if score_kind == "keep":
+        importance = magnitude = values
+    else:
+        importance, magnitude = (-values if higher_is_better else values), values.abs()
     gen = torch.Generator().manual_seed(seed)
     return {"signed": real[torch.sort(importance, descending=True, stable=True).indices],
-            "absolute": real[torch.sort(values.abs(), descending=True, stable=True).indices],
+            "absolute": real[torch.sort(magnitude, descending=True, stable=True).indices],
             "random": real[torch.randperm(len(real), generator=gen)]}
 
 
@@ -85,7 +90,8 @@ def faithfulness(model, pairs: PromptPairs, scores: CircuitScores,
     if (graph.n_layers, graph.n_heads, graph.n_kv_heads) != (model.cfg.n_layers, model.cfg.n_heads, model.cfg.n_kv_heads):
         raise SelectionError("these scores belong to a model of another shape")
     counts = edge_counts(graph, percents)
-    orders = rankings(graph, scores.scores, higher_is_better=higher_is_better, seed=seed)
+    orders = rankings(graph, scores.scores, higher_is_better=higher_is_better, seed=seed,
+                      score_kind=scores.score_kind)
     masks = [_mask(graph, orders[r][:k]) for r in RANKINGS for k in counts]
     masks.append(torch.zeros(graph.n_src, graph.n_dst, dtype=torch.bool))  # the empty circuit
     per_prompt, full = _evaluate(model, graph, pairs, metric, masks, ablation, batch_size, variants_per_pass,

@@ -95,8 +95,8 @@ class EdgePatch:
     The buffered ("live") sources are compacted in forward order, so every destination reads
     a prefix of the buffer: one matmul per destination hook. Without gradients the buffer is
     one preallocated tensor written in place; when ``W`` needs gradients (learned masks) the
-    per-hook differences are kept as separate tensors and joined where read, so autograd sees
-    no in-place writes.
+    per-hook differences are kept as separate tensors, each read by its own matmul, so autograd
+    sees no in-place writes and saves no copies.
     """
 
     def __init__(self, graph: Graph, ablated: torch.Tensor, W: torch.Tensor, *,
@@ -130,7 +130,7 @@ class EdgePatch:
         self._deltas: dict[int, torch.Tensor] = {}
         self.W_live = W[:, self.live.to(W.device), :]  # [k, n_live, n_dst]
         self.buffer: torch.Tensor | None = None
-        self.pieces: list[torch.Tensor] = []
+        self.pieces: list[tuple[slice, torch.Tensor]] = []  # (buffer slots, [k, s, n, pos, d])
 
     def hooks(self) -> dict[str, Callable]:
         """Forward hooks (source hooks record, destination hooks rebuild; the names never overlap)."""
@@ -153,7 +153,7 @@ class EdgePatch:
             diff = diff.permute(0, 3, 1, 2, 4)  # source-major: [k, s, n, pos, d]
             dtype = self.buffer_dtype or diff.dtype
             if self.differentiable:
-                self.pieces.append(diff.to(dtype))
+                self.pieces.append((slots, diff.to(dtype)))
                 return
             if self.buffer is None:
                 shape = (self.k, len(self.live), *diff.shape[2:])
@@ -184,11 +184,16 @@ class EdgePatch:
         """sum_u W[u, v] (current(u) - ablated(u)) for destinations ``shared``: `[k * n, pos, j, d]`."""
         weights = self.W_live[:, :n_live, shared].transpose(1, 2).to(dtype)  # [k, j, s]
         if self.differentiable:
-            diff = torch.cat(self.pieces, dim=1)[:, :n_live]
+            parts = [(slots, diff) for slots, diff in self.pieces if slots.start < n_live]
         else:
-            diff = self.buffer[:, :n_live]  # [k, s, n, pos, d], contiguous: one batched matmul
-        k, s, n, pos, d = diff.shape
-        delta = torch.bmm(weights, diff.reshape(k, s, -1).to(dtype))  # [k, j, n * pos * d]
+            parts = [(slice(0, n_live), self.buffer[:, :n_live])]  # contiguous: one batched matmul
+        delta = None
+        for slots, diff in parts:
+            stop = min(slots.stop, n_live)
+            diff = diff[:, : stop - slots.start]
+            k, s, n, pos, d = diff.shape
+            term = torch.bmm(weights[:, :, slots.start:stop], diff.reshape(k, s, -1).to(dtype))  # [k, j, n*pos*d]
+            delta = term if delta is None else delta + term
         return delta.reshape(k, -1, n, pos, d).permute(0, 2, 3, 1, 4).reshape(k * n, pos, -1, d)
 
 

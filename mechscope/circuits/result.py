@@ -95,8 +95,10 @@ class _GraphTables:
 class CircuitScores(_GraphTables, Result):
     """Scores of every real edge (``scores`` `[n_src, n_dst]`) or source node (`[n_src]`) of a
     model's graph (``cfg``: see `Graph`), summed over ``n_prompts`` prompts: the first-order
-    estimate of metric(edge ablated) - metric(clean) for EAP-type ``method``s. ``clean_metric``
-    and ``corrupted_metric`` are the runs' mean metrics.
+    estimate of metric(edge ablated) - metric(clean) for EAP-type ``method``s
+    (``score_kind="effect"``), or learned mask logits, larger = keep, from edge pruning
+    (``score_kind="keep"``: every selection then ranks by the score itself, whatever
+    ``absolute`` says). ``clean_metric`` and ``corrupted_metric`` are the runs' mean metrics.
 
     Protocol: ``to_dataframe()`` a row per real edge (edge, src, dst, layers, qkv, score) or node;
     ``top(n)`` ranks by |score|; ``plot()`` a source x destination heatmap, ``plot(kind="graph")``
@@ -112,6 +114,14 @@ class CircuitScores(_GraphTables, Result):
     n_prompts: int = 0
     clean_metric: float = math.nan
     corrupted_metric: float = math.nan
+    score_kind: str = "effect"
+
+    SCORE_KINDS = ("effect", "keep")
+
+    def __post_init__(self) -> None:
+        if self.score_kind not in self.SCORE_KINDS:
+            raise SelectionError(f"score_kind must be one of {self.SCORE_KINDS}, got {self.score_kind!r}")
+        self._signed = self.score_kind == "effect"  # learned logits rank largest first in top()
 
     def to_dataframe(self) -> pd.DataFrame:
         return self._frame()
@@ -133,12 +143,22 @@ class CircuitScores(_GraphTables, Result):
     # -- choosing a circuit ---------------------------------------------------------------
     # absolute=True ranks by |score|; absolute=False by importance: -score for a metric where
     # higher is better (the edges whose ablation lowers it most first), score for a loss.
+    # Learned keep logits rank by themselves.
     def _ranked(self, absolute: bool, higher_is_better: bool) -> torch.Tensor:
+        if self.score_kind == "keep":
+            return self.scores
         return self.scores if absolute or not higher_is_better else -self.scores
+
+    def importance(self, *, higher_is_better: bool = True) -> torch.Tensor:
+        """Scores oriented so that larger = more important (`[n_src, n_dst]` or `[n_src]`)."""
+        return self._ranked(False, higher_is_better)
+
+    def _absolute(self, absolute: bool) -> bool:
+        return absolute and self.score_kind == "effect"
 
     def top_n(self, n: int, *, absolute: bool = True, higher_is_better: bool = True, prune: bool = False) -> Circuit:
         """The ``n`` edges (or nodes) with the largest |score| (or importance, ``absolute=False``)."""
-        ranked = self._ranked(absolute, higher_is_better)
+        ranked, absolute = self._ranked(absolute, higher_is_better), self._absolute(absolute)
         if self.level == "node":
             return self._node_circuit(n, ranked, absolute, f"top {n} nodes")
         return self._circuit(selection.top_n(self.graph, ranked, n, absolute=absolute), prune, f"top {n} edges")
@@ -147,13 +167,15 @@ class CircuitScores(_GraphTables, Result):
                   prune: bool = True) -> Circuit:
         """The edges whose |score| (or importance, ``absolute=False``) is at least ``tau``."""
         self._edge_level("threshold")
-        keep = selection.threshold(self.graph, self._ranked(absolute, higher_is_better), tau, absolute=absolute)
+        ranked, absolute = self._ranked(absolute, higher_is_better), self._absolute(absolute)
+        keep = selection.threshold(self.graph, ranked, tau, absolute=absolute)
         return self._circuit(keep, prune, f"|score| >= {tau:g}" if absolute else f"importance >= {tau:g}")
 
     def greedy(self, n: int, *, absolute: bool = True, higher_is_better: bool = True, prune: bool = True) -> Circuit:
         """``n`` edges chosen from the logits backward (every one on a path to the logits)."""
         self._edge_level("greedy")
-        keep = selection.greedy(self.graph, self._ranked(absolute, higher_is_better), n, absolute=absolute)
+        ranked, absolute = self._ranked(absolute, higher_is_better), self._absolute(absolute)
+        keep = selection.greedy(self.graph, ranked, n, absolute=absolute)
         return self._circuit(keep, prune, f"greedy {n} edges")
 
     def _edge_level(self, what: str) -> None:

@@ -73,3 +73,22 @@ def test_acdc_finds_previous_token_to_induction_via_k(toy):
                                         [circuit.in_graph, torch.zeros_like(graph.real)])
     loss_circuit, loss_clean, loss_empty = -values[0].mean(), -clean.mean(), -values[1].mean()
     assert loss_circuit - loss_clean < 0.1 * (loss_empty - loss_clean)
+
+
+def test_edge_pruning_finds_previous_token_to_induction_via_k(toy):
+    """Edge pruning (task metric, 80% sparsity) keeps the previous-token head -> induction head
+    K edge and its learned circuit keeps most of the second copy's log-probability."""
+    model, pairs = toy
+    detectors = ms.head_scores(model, ms.repeated_random_tokens(24, batch=16, low=0, high=256, seed=123))
+    prev = detectors.top(1, kind="previous_token").iloc[0]
+    induction = detectors.top(1, kind="induction").iloc[0]
+    k_edge = f"a{int(prev.layer)}.h{int(prev['head'])}->a{int(induction.layer)}.h{int(induction['head'])}<k>"
+    scores = C.edge_pruning(model, pairs, copy_logprob, sparsity=0.8, steps=300, progress=False)
+    circuit = scores.threshold(0.0)
+    graph = circuit.graph
+    assert k_edge in set(circuit.to_dataframe()["edge"])
+    assert circuit.n_edges <= 0.25 * graph.n_edges  # the sparsity target is met (about 22 of 110 edges)
+    values, clean = C.evaluate_circuits(model, graph, pairs, copy_logprob,
+                                        [circuit.in_graph, torch.zeros_like(graph.real)])
+    f = (values[0].mean() - values[1].mean()) / (clean.mean() - values[1].mean())
+    assert f >= 0.8
