@@ -3,6 +3,8 @@
 
     world_size(), rank(), is_writer()      # 1, 0, True without a process group
     local_rows(batch)                      # this rank's share of a global batch
+    shard(n)                               # this rank's contiguous slice of n items (uneven is fine)
+    gather_uneven(x)                       # every rank's rows, in rank order, sizes may differ
     average_gradients(params)              # one all-reduce of a flat buffer, divided by the world size
 """
 
@@ -46,6 +48,34 @@ def local_rows(batch: torch.Tensor) -> torch.Tensor:
         raise SelectionError(f"the batch size {batch.shape[0]} must divide evenly over {world} ranks")
     share = batch.shape[0] // world
     return batch[index * share : (index + 1) * share]
+
+
+def shard(n: int) -> slice:
+    """This rank's contiguous share ``[rank * n // world, (rank + 1) * n // world)`` of ``n``
+    items (the shares differ by at most one; concatenated in rank order they are ``0 .. n-1``).
+    ``slice(0, n)`` in a single process; a `SelectionError` if some rank would get nothing."""
+    world, index = world_size(), rank()
+    if n < world:
+        raise SelectionError(f"{n} items cannot be shared over {world} ranks: give at least one per rank")
+    return slice(index * n // world, (index + 1) * n // world)
+
+
+def gather_uneven(x: torch.Tensor, dim: int = 0) -> torch.Tensor:
+    """Every rank's ``x`` concatenated along ``dim`` in rank order, where the ranks' sizes
+    along ``dim`` may differ (the other dimensions must agree); ``x`` in a single process."""
+    if not is_distributed():
+        return x
+    dim = dim % x.ndim
+    sizes = torch.zeros(world_size(), dtype=torch.long)
+    sizes[rank()] = x.shape[dim]
+    dist.all_reduce(sizes)
+    longest = int(sizes.max())
+    pad = list(x.shape)
+    pad[dim] = longest - x.shape[dim]
+    padded = torch.cat([x, x.new_zeros(pad)], dim=dim).contiguous()
+    parts = [torch.empty_like(padded) for _ in range(world_size())]
+    dist.all_gather(parts, padded)
+    return torch.cat([part.narrow(dim, 0, int(size)) for part, size in zip(parts, sizes)], dim=dim)
 
 
 def all_reduce_(tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:

@@ -13,7 +13,8 @@ one before it is removed too. Walking the variants in order, each accepted remov
 next variant's comparison exact (its circuit is the current one minus one more edge); at the
 first rejected edge the later variants are stale and the walk restarts after it. The decisions
 are therefore exactly those of one-edge-at-a-time ACDC (tested), in far fewer forwards when
-most edges are removed, which is ACDC's usual regime.
+most edges are removed, which is ACDC's usual regime. Under ``torchrun`` each rank runs a
+contiguous share of the prompts and the metric sums are all-reduced before each decision.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from .graph import Graph
 from .interventions import ablated_sources, patched_logits, pruned_weights
 from .result import Circuit
 from .selection import nodes_of, prune
+from .sharding import local_pairs, summed
 
 ACDC_ABLATIONS = ("corrupted", "zero")
 
@@ -65,6 +67,7 @@ def acdc(model, pairs: PromptPairs, threshold: float, metric: Callable | None = 
         raise SelectionError(f"variants_per_pass must be at least 1, got {variants_per_pass}")
     threshold = float(threshold)
     graph = Graph.from_model(model)
+    n_total, pairs = len(pairs), local_pairs(pairs)
     with torch.no_grad():
         clean_logits = model(pairs.clean)
         if metric is None:
@@ -78,8 +81,9 @@ def acdc(model, pairs: PromptPairs, threshold: float, metric: Callable | None = 
         def evaluate(masks: list[torch.Tensor]) -> list[float]:
             W = pruned_weights(graph, torch.stack(masks).to(model.device))
             logits = patched_logits(model, graph, pairs.clean, ablated, W, buffer_dtype=buffer_dtype)
-            values = metric(logits, pairs.tile(len(masks))).float().reshape(len(masks), -1)
-            return values.mean(-1).tolist()
+            values = metric(logits, pairs.tile(len(masks))).double().reshape(len(masks), -1).sum(-1)
+            summed(values)  # every rank takes the same decisions
+            return (values / n_total).tolist()
 
         keep = graph.real.clone()
         current = evaluate([keep])[0]
@@ -108,5 +112,5 @@ def acdc(model, pairs: PromptPairs, threshold: float, metric: Callable | None = 
     if prune_dangling:
         keep = prune(graph, keep)
     how = (f"ACDC (tau={threshold:g}, {'higher' if higher_is_better else 'lower'} is better; "
-           f"{evaluations} edge evaluations in {forwards} forwards of {len(pairs)} prompts)")
+           f"{evaluations} edge evaluations in {forwards} forwards of {n_total} prompts)")
     return Circuit(dict(graph.cfg), worsening, keep, nodes_of(graph, keep), "ACDC", ablation, how)

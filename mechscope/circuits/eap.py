@@ -30,7 +30,7 @@ destination downstream reads a(u) with coefficient 1, it equals the row sum of u
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import torch
 
@@ -41,21 +41,10 @@ from ..errors import SelectionError
 from .graph import Graph
 from .interventions import ABLATIONS, ablated_sources, source_activations, stack_sources
 from .result import CircuitScores
+from .sharding import chunks, local_pairs, mean_sources, summed
 
 METHODS = ("EAP", "EAP-IG-inputs", "EAP-IG-activations", "clean-corrupted")
 Metric = Callable[[torch.Tensor, PromptPairs], torch.Tensor]
-
-
-def chunks(pairs: PromptPairs, batch_size: int | None) -> Iterator[PromptPairs]:
-    """``pairs`` cut into consecutive chunks of at most ``batch_size`` prompts."""
-    n = len(pairs)
-    size = n if batch_size is None else batch_size
-    if size < 1:
-        raise SelectionError(f"batch_size must be at least 1, got {batch_size}")
-    for i in range(0, n, size):
-        rows = slice(i, i + size)
-        yield PromptPairs(pairs.clean[rows], pairs.corrupted[rows], pairs.answers[rows], pairs.wrong[rows],
-                          pairs.answer_positions[rows])
 
 
 def alphas(steps: int, rule: str = "right") -> list[float]:
@@ -77,6 +66,8 @@ def attribute(model, pairs: PromptPairs, metric: Metric = logit_diff, *, method:
     method: one of `METHODS`. ablation: what pruned edges carry ("corrupted": the corrupted
     prompts' activations; "mean": their mean per position over all prompts; "zero").
     batch_size: prompts per pass (scores are sums, so the totals do not depend on it).
+    Under ``torchrun`` each rank scores a contiguous share of the prompts and the sums are
+    all-reduced: every rank returns the scores of all of them.
     Returns `CircuitScores` (``scores`` `[n_src, n_dst]`, or `[n_src]` at node level).
     """
     if method not in METHODS:
@@ -87,7 +78,8 @@ def attribute(model, pairs: PromptPairs, metric: Metric = logit_diff, *, method:
     run_and_source(pairs, "noise", model)  # checks pairs and answers
     graph = Graph.from_model(model, level)
     scores = graph.empty_scores().to(model.device)
-    mean = _mean_sources(model, graph, pairs, batch_size) if ablation == "mean" else None
+    n_total, pairs = len(pairs), local_pairs(pairs)
+    mean = mean_sources(model, graph, pairs, batch_size, n_total) if ablation == "mean" else None
     clean_total = corrupted_total = 0.0
     for chunk in chunks(pairs, batch_size):
         if ablation == "corrupted":
@@ -108,9 +100,11 @@ def attribute(model, pairs: PromptPairs, metric: Metric = logit_diff, *, method:
         for tokens, weight, hooks, rows in _schedule(model, graph, chunk, method, steps, rule, clean, ablated,
                                                      diff.value):
             _gradient_pass(model, graph, tokens, chunk, metric, diff, scores, weight, hooks, rows)
+    totals = torch.tensor([clean_total, corrupted_total], dtype=torch.float64, device=model.device)
+    summed(scores, totals)
+    clean_mean, corrupted_mean = (totals / n_total).tolist()
     return CircuitScores(graph.cfg, level, scores.float().cpu(), method, getattr(metric, "__name__", "metric"),
-                         ablation, steps if "IG" in method else 1, len(pairs), clean_total / len(pairs),
-                         corrupted_total / len(pairs))
+                         ablation, steps if "IG" in method else 1, n_total, clean_mean, corrupted_mean)
 
 
 def eap(model, pairs: PromptPairs, metric: Metric = logit_diff, **options) -> CircuitScores:
@@ -151,15 +145,6 @@ class Difference:
             self._value = self._build(stack_sources(self.graph, self.parts))
             self.parts = {}
         return self._value
-
-
-def _mean_sources(model, graph: Graph, pairs: PromptPairs, batch_size: int | None) -> torch.Tensor:
-    """Mean source outputs per position over all corrupted prompts: `[1, pos, n_src, d]`."""
-    total = None
-    for chunk in chunks(pairs, batch_size):
-        _, acts = source_activations(model, graph, chunk.corrupted)
-        total = acts.sum(0, keepdim=True) if total is None else total + acts.sum(0, keepdim=True)
-    return total / len(pairs)
 
 
 def _schedule(model, graph: Graph, pairs: PromptPairs, method: str, steps: int, rule: str,

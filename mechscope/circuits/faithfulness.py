@@ -14,6 +14,8 @@ rule over the given levels: CPR = area under f (signed ranking), CMD = area unde
 
 Cost: one ablation forward and one clean forward per chunk of prompts, then one edge-patched
 forward per circuit, ``variants_per_pass`` circuits stacked on the batch axis per forward.
+Under ``torchrun`` each rank evaluates a contiguous share of the prompts and the per-prompt
+metrics are gathered in prompt order, so every rank returns the single-process curve.
 """
 
 from __future__ import annotations
@@ -26,10 +28,10 @@ import torch
 from ..causal.metrics import checked_metric, logit_diff
 from ..data.tasks import PromptPairs
 from ..errors import SelectionError
-from .eap import _mean_sources, chunks
 from .graph import Graph
 from .interventions import ABLATIONS, ablated_sources, patched_logits, pruned_weights
 from .result import CircuitScores, FaithfulnessCurve
+from .sharding import chunks, gathered, local_pairs, mean_sources
 
 PERCENTS = (0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100)
 RANKINGS = FaithfulnessCurve.RANKINGS
@@ -126,7 +128,8 @@ def evaluate_circuits(model, graph: Graph, pairs: PromptPairs, metric, masks: Se
 def _evaluate(model, graph, pairs, metric, masks, ablation, batch_size, variants_per_pass, buffer_dtype):
     if variants_per_pass < 1:
         raise SelectionError(f"variants_per_pass must be at least 1, got {variants_per_pass}")
-    mean = _mean_sources(model, graph, pairs, batch_size) if ablation == "mean" else None
+    n_total, pairs = len(pairs), local_pairs(pairs)
+    mean = mean_sources(model, graph, pairs, batch_size, n_total) if ablation == "mean" else None
     out, full = [], []
     with torch.no_grad():
         for chunk in chunks(pairs, batch_size):
@@ -139,7 +142,8 @@ def _evaluate(model, graph, pairs, metric, masks, ablation, batch_size, variants
                 logits = patched_logits(model, graph, chunk.clean, ablated, W, buffer_dtype=buffer_dtype)
                 values.append(metric(logits, chunk.tile(len(stack))).float().cpu().reshape(len(stack), -1))
             out.append(torch.cat(values))
-    return torch.cat(out, dim=1).double().numpy(), torch.cat(full).double().numpy()
+    circuits, clean = gathered(torch.cat(out, dim=1).to(model.device)), gathered(torch.cat(full).to(model.device))
+    return circuits.cpu().double().numpy(), clean.cpu().double().numpy()
 
 
 def _areas(percents, values: np.ndarray) -> dict:

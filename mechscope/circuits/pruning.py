@@ -23,7 +23,9 @@ circuit's metric from the full model's in units of ``|m(clean) - m(corrupted)|``
 The result is `CircuitScores` of kind ``"keep"``: the learned ``log_alpha`` (larger = keep).
 At test time a gate is deterministic, ``z = clamp(sigmoid(log_alpha) (zeta - gamma) + gamma, 0, 1)``,
 so ``scores.threshold(0.0)`` (z > 0.5) is the learned circuit; `faithfulness` ranks edges by it.
-Training is a resumable `TrainingLoop` (checkpoints in ``out``, tqdm progress).
+Training is a resumable `TrainingLoop` (checkpoints in ``out``, tqdm progress); under
+``torchrun`` each rank trains on a contiguous share of the prompts and the mask's gradients are
+averaged over the ranks every step.
 """
 
 from __future__ import annotations
@@ -37,12 +39,13 @@ import torch
 from ..causal.metrics import checked_metric, kl_to
 from ..causal.patching import run_and_source
 from ..data.tasks import PromptPairs
+from ..distributed import average_gradients
 from ..errors import SelectionError
 from ..training import TrainingLoop, step_generator
-from .eap import _mean_sources, chunks
 from .graph import Graph
 from .interventions import ABLATIONS, ablated_sources, patched_logits, pruned_weights
 from .result import CircuitScores
+from .sharding import chunks, gathered, local_pairs, mean_sources
 
 BETA, GAMMA, ZETA = 2 / 3, -0.1, 1.1
 
@@ -93,14 +96,14 @@ def edge_pruning(model, pairs: PromptPairs, metric: Callable | None = None, *, s
     graph = Graph.from_model(model)
     real = graph.real.to(model.device)
     warmup = steps // 2 if warmup is None else warmup
-    batches = list(chunks(pairs, batch_size))
-    prepared, clean, corrupted = _prepare(model, graph, batches, task, ablation, batch_size, pairs)
+    n_total, local = len(pairs), local_pairs(pairs)
+    prepared, clean, corrupted = _prepare(model, graph, local, task, ablation, batch_size, n_total)
     log_alpha = torch.full((graph.n_src, graph.n_dst), float(init), device=model.device, requires_grad=True)
     lambdas = torch.zeros(2, device=model.device, requires_grad=True)
     optimizer = torch.optim.Adam([{"params": [log_alpha], "lr": lr},
                                   {"params": [lambdas], "lr": lagrangian_lr, "maximize": True}])
     settings = {"sparsity": sparsity, "steps": steps, "lr": lr, "lagrangian_lr": lagrangian_lr, "warmup": warmup,
-                "init": init, "ablation": ablation, "batch_size": batch_size, "seed": seed, "n_prompts": len(pairs),
+                "init": init, "ablation": ablation, "batch_size": batch_size, "seed": seed, "n_prompts": n_total,
                 "metric": None if task is None else getattr(task, "__name__", "metric"), "graph": graph.cfg}
     loop = TrainingLoop(steps, optimizer=optimizer,
                         checkpoint=Path(out) / "checkpoint.safetensors" if out is not None else None,
@@ -125,6 +128,7 @@ def edge_pruning(model, pairs: PromptPairs, metric: Callable | None = None, *, s
             total = loss + lambdas[0] * gap + lambdas[1] * gap * gap
             optimizer.zero_grad(set_to_none=True)
             total.backward()
+        average_gradients([log_alpha])  # data parallel: the mean of the ranks' gradients
         optimizer.step()
         kept = int((log_alpha.detach()[real] > 0).sum())
         return {"loss": f"{float(loss.detach()):.4f}", "density": f"{float(density.detach()):.3f}", "edges": kept}
@@ -133,18 +137,19 @@ def edge_pruning(model, pairs: PromptPairs, metric: Callable | None = None, *, s
              on_checkpoint=on_checkpoint)
     scores = (log_alpha.detach() * real).float().cpu()
     name = "kl" if task is None else getattr(task, "__name__", "metric")
-    return CircuitScores(graph.cfg, "edge", scores, "edge-pruning", name, ablation, 1, len(pairs), clean, corrupted,
+    return CircuitScores(graph.cfg, "edge", scores, "edge-pruning", name, ablation, 1, n_total, clean, corrupted,
                          score_kind="keep")
 
 
-def _prepare(model, graph: Graph, batches: list[PromptPairs], task, ablation: str, batch_size, pairs):
-    """``(chunks, clean mean, corrupted mean)``: per chunk of prompts ``(pairs, ablated sources,
-    objective: logits -> [n])``, computed once before training, and the mean objective-side
-    metric of the clean and the corrupted runs (the KL: 0 and the corrupted run's KL)."""
-    mean = _mean_sources(model, graph, pairs, batch_size) if ablation == "mean" else None
+def _prepare(model, graph: Graph, pairs: PromptPairs, task, ablation: str, batch_size: int | None, n_total: int):
+    """``(chunks, clean mean, corrupted mean)``: per chunk of this rank's prompts ``pairs``
+    ``(pairs, ablated sources, objective: logits -> [n])``, computed once before training, and
+    the mean metric of the clean and the corrupted runs over every rank's prompts (for the KL:
+    0 and the corrupted run's KL)."""
+    mean = mean_sources(model, graph, pairs, batch_size, n_total) if ablation == "mean" else None
     with torch.no_grad():
         runs = [(chunk, mean if mean is not None else ablated_sources(model, graph, chunk.corrupted, ablation),
-                 model(chunk.clean), model(chunk.corrupted)) for chunk in batches]
+                 model(chunk.clean), model(chunk.corrupted)) for chunk in chunks(pairs, batch_size)]
     clean_m, corrupted_m = [], []
     out = []
     for chunk, ablated, clean_logits, corrupted_logits in runs:
@@ -157,8 +162,9 @@ def _prepare(model, graph: Graph, batches: list[PromptPairs], task, ablation: st
             clean_m.append(task(clean_logits, chunk).float().detach().cpu())
             corrupted_m.append(task(corrupted_logits, chunk).float().detach().cpu())
     clean, corrupted = torch.cat(clean_m), torch.cat(corrupted_m)
+    every_clean, every_corrupted = (gathered(x.to(model.device)).cpu() for x in (clean, corrupted))
     if task is not None:
-        scale = float((clean.mean() - corrupted.mean()).abs())
+        scale = float((every_clean.mean() - every_corrupted.mean()).abs())
         if not scale > 0:
             raise SelectionError("the metric is the same on the clean and the corrupted prompts: nothing to keep")
         offset = 0
@@ -166,7 +172,7 @@ def _prepare(model, graph: Graph, batches: list[PromptPairs], task, ablation: st
             full = clean[offset : offset + len(chunk)]
             offset += len(chunk)
             out.append((chunk, ablated, _deviation(task, chunk, full, scale)))
-    return out, float(clean.mean()), float(corrupted.mean())
+    return out, float(every_clean.mean()), float(every_corrupted.mean())
 
 
 def _bind(metric, chunk: PromptPairs) -> Callable[[torch.Tensor], torch.Tensor]:
