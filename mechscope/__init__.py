@@ -79,6 +79,7 @@ _LAZY: dict[str, str] = {
     "greater_than_prob_diff": ".data.greater_than",
     "harvest": ".data.harvest",
     "ioi": ".data.ioi",
+    "ioi_positions": ".data.ioi",
     "repeated_random_tokens": ".data.repeated",
     "PromptPairs": ".data.tasks",
     "induction_pairs": ".data.tasks",
@@ -141,7 +142,7 @@ if TYPE_CHECKING:  # what the names are, for type checkers and IDEs
     from .data.facts import FactPrompt, fact_prompts, make_fact
     from .data.greater_than import GreaterThanTask, greater_than, greater_than_prob_diff
     from .data.harvest import harvest
-    from .data.ioi import ioi
+    from .data.ioi import ioi, ioi_positions
     from .data.repeated import repeated_random_tokens
     from .data.tasks import PromptPairs, induction_pairs, pairs_from_strings
     from .models.cache import ActivationCache
@@ -251,6 +252,7 @@ __all__ = [
     "induction_pairs",
     "init_sae",
     "ioi",
+    "ioi_positions",
     "kl_to",
     "lens_kl",
     "load",

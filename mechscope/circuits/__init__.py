@@ -25,6 +25,7 @@ from .interventions import (
 from .pruning import deterministic_gates, edge_pruning, open_probability, sample_gates
 from .result import Circuit, CircuitScores, FaithfulnessCurve
 from .selection import greedy, nodes_of, prune, threshold, top_n
+from .spans import Spans
 
 __all__ = [
     "ABLATIONS",
@@ -35,6 +36,7 @@ __all__ = [
     "EdgePatch",
     "FaithfulnessCurve",
     "Graph",
+    "Spans",
     "ablated_sources",
     "acdc",
     "acdc_order",

@@ -37,11 +37,13 @@ import torch
 from ..causal.metrics import checked_metric, logit_diff
 from ..causal.patching import run_and_source
 from ..data.tasks import PromptPairs
+from ..distributed import shard
 from ..errors import SelectionError
 from .graph import Graph
 from .interventions import ABLATIONS, ablated_sources, source_activations, stack_sources
 from .result import CircuitScores
-from .sharding import chunks, local_pairs, mean_sources, summed
+from .sharding import chunk_rows, chunks, local_pairs, mean_sources, summed
+from .spans import Spans
 
 METHODS = ("EAP", "EAP-IG-inputs", "EAP-IG-activations", "clean-corrupted")
 Metric = Callable[[torch.Tensor, PromptPairs], torch.Tensor]
@@ -60,7 +62,7 @@ def alphas(steps: int, rule: str = "right") -> list[float]:
 
 def attribute(model, pairs: PromptPairs, metric: Metric = logit_diff, *, method: str = "EAP", steps: int = 5,
               ablation: str = "corrupted", level: str = "edge", batch_size: int | None = None,
-              rule: str = "right") -> CircuitScores:
+              rule: str = "right", spans: Spans | None = None) -> CircuitScores:
     """Scores of every real edge (or source node) of ``model``'s graph on ``pairs``.
 
     method: one of `METHODS`. ablation: what pruned edges carry ("corrupted": the corrupted
@@ -68,6 +70,8 @@ def attribute(model, pairs: PromptPairs, metric: Metric = logit_diff, *, method:
     batch_size: prompts per pass (scores are sums, so the totals do not depend on it).
     Under ``torchrun`` each rank scores a contiguous share of the prompts and the sums are
     all-reduced: every rank returns the scores of all of them.
+    spans: a `Spans` schema of ``pairs`` for position-aware edge scores `[n_spans, n_src, n_dst]`
+      (each span's positions summed; the spans' scores add up to the plain ones).
     Returns `CircuitScores` (``scores`` `[n_src, n_dst]`, or `[n_src]` at node level).
     """
     if method not in METHODS:
@@ -77,11 +81,21 @@ def attribute(model, pairs: PromptPairs, metric: Metric = logit_diff, *, method:
     metric = checked_metric(metric)
     run_and_source(pairs, "noise", model)  # checks pairs and answers
     graph = Graph.from_model(model, level)
+    if spans is not None:
+        if level != "edge":
+            raise SelectionError("position-aware scores are edge scores; use level='edge' with spans")
+        spans.check(pairs.clean)
     scores = graph.empty_scores().to(model.device)
-    n_total, pairs = len(pairs), local_pairs(pairs)
+    if spans is not None:
+        scores = scores[None].repeat(len(spans), 1, 1)
+    n_total = len(pairs)
+    rows = shard(n_total)
+    pairs = local_pairs(pairs)
+    spans = None if spans is None else spans.rows(rows)
     mean = mean_sources(model, graph, pairs, batch_size, n_total) if ablation == "mean" else None
     clean_total = corrupted_total = 0.0
-    for chunk in chunks(pairs, batch_size):
+    for where, chunk in zip(chunk_rows(len(pairs), batch_size), chunks(pairs, batch_size)):
+        layout = None if spans is None else SpanLayout(spans.rows(where))
         if ablation == "corrupted":
             corrupted_logits, ablated = source_activations(model, graph, chunk.corrupted)
         else:
@@ -90,21 +104,21 @@ def attribute(model, pairs: PromptPairs, metric: Metric = logit_diff, *, method:
             ablated = mean if ablation == "mean" else ablated_sources(model, graph, chunk.corrupted, "zero")
         corrupted_total += float(metric(corrupted_logits, chunk).float().sum())
         if method == "EAP":  # the clean sources are recorded in the gradient pass's own forward
-            diff = Difference(graph, ablated)
+            diff = Difference(graph, ablated, layout=layout)
             logits = _gradient_pass(model, graph, chunk.clean, chunk, metric, diff, scores, 1.0, diff.recorders(), None)
             clean_total += float(metric(logits, chunk).float().sum())
             continue
         clean_logits, clean = source_activations(model, graph, chunk.clean)
         clean_total += float(metric(clean_logits, chunk).float().sum())
-        diff = Difference(graph, ablated, clean)
-        for tokens, weight, hooks, rows in _schedule(model, graph, chunk, method, steps, rule, clean, ablated,
-                                                     diff.value):
+        diff = Difference(graph, ablated, clean, layout=layout)
+        for tokens, weight, hooks, rows in _schedule(graph, chunk, method, steps, rule, clean, ablated):
             _gradient_pass(model, graph, tokens, chunk, metric, diff, scores, weight, hooks, rows)
     totals = torch.tensor([clean_total, corrupted_total], dtype=torch.float64, device=model.device)
     summed(scores, totals)
     clean_mean, corrupted_mean = (totals / n_total).tolist()
     return CircuitScores(graph.cfg, level, scores.float().cpu(), method, getattr(metric, "__name__", "metric"),
-                         ablation, steps if "IG" in method else 1, n_total, clean_mean, corrupted_mean)
+                         ablation, steps if "IG" in method else 1, n_total, clean_mean, corrupted_mean,
+                         spans=None if spans is None else list(spans.names))
 
 
 def eap(model, pairs: PromptPairs, metric: Metric = logit_diff, **options) -> CircuitScores:
@@ -119,18 +133,33 @@ def eap_ig(model, pairs: PromptPairs, metric: Metric = logit_diff, *, steps: int
                      steps=steps, **options)
 
 
-class Difference:
-    """ablated - clean source outputs, source-major `[n_src, n * pos * d]` (``value``): from the
-    clean sources given, or (EAP) assembled from those the gradient pass's forward records
-    (`recorders`), so no separate clean forward is run."""
+class SpanLayout:
+    """Tokens sorted by span for position-aware kernels: ``order`` `[n * pos]` (flat token
+    indices) and each span's ``[start, end)`` in it, so a span is a contiguous column block."""
 
-    def __init__(self, graph: Graph, ablated: torch.Tensor, clean: torch.Tensor | None = None):
-        self.graph, self.ablated = graph, ablated
+    def __init__(self, spans: Spans):
+        self.order, self.bounds = spans.order()
+
+    def sort(self, tokens_first: torch.Tensor) -> torch.Tensor:
+        """``tokens_first`` `[n * pos, ...]` in span order."""
+        return tokens_first.index_select(0, self.order.to(tokens_first.device))
+
+
+class Difference:
+    """ablated - clean source outputs, source-major `[n_src, n * pos * d]` (``value``; tokens
+    in span order with a ``layout``): from the clean sources given, or (EAP) assembled from
+    those the gradient pass's forward records (`recorders`), so no separate clean forward is run."""
+
+    def __init__(self, graph: Graph, ablated: torch.Tensor, clean: torch.Tensor | None = None, *,
+                 layout: SpanLayout | None = None):
+        self.graph, self.ablated, self.layout = graph, ablated, layout
         self.parts: dict[str, torch.Tensor] = {}
         self._value = None if clean is None else self._build(clean)
 
     def _build(self, clean: torch.Tensor) -> torch.Tensor:
         diff = self.ablated.to(clean.dtype) - clean  # [n, pos, n_src, d]
+        if self.layout is not None:
+            diff = self.layout.sort(diff.flatten(0, 1))[None]  # [1, n * pos (span order), n_src, d]
         return diff.permute(2, 0, 1, 3).reshape(self.graph.n_src, -1).contiguous()
 
     def recorders(self) -> dict[str, Callable]:
@@ -147,8 +176,8 @@ class Difference:
         return self._value
 
 
-def _schedule(model, graph: Graph, pairs: PromptPairs, method: str, steps: int, rule: str,
-              clean: torch.Tensor, ablated: torch.Tensor, diff: torch.Tensor):
+def _schedule(graph: Graph, pairs: PromptPairs, method: str, steps: int, rule: str, clean: torch.Tensor,
+              ablated: torch.Tensor):
     """``(tokens, weight, forward hooks, source rows or None)`` of each gradient pass."""
     if method == "EAP":
         yield pairs.clean, 1.0, {}, None
@@ -161,7 +190,7 @@ def _schedule(model, graph: Graph, pairs: PromptPairs, method: str, steps: int, 
             yield pairs.clean, 1.0 / steps, {"blocks.0.resid_pre": _set_to(start + alpha * (end - start))}, None
     else:  # EAP-IG-activations: one group of sources at a time
         for hook, rows in _source_blocks(graph):
-            shift = diff[rows].sum(0).reshape(clean.shape[0], clean.shape[1], -1)  # ablated - clean, over the group
+            shift = (ablated.to(clean.dtype) - clean)[:, :, rows].sum(2)  # ablated - clean over the group: [n, pos, d]
             for alpha in alphas(steps, "right"):
                 yield pairs.clean, 1.0 / steps, {hook: _shifted(shift, 1.0 - alpha)}, rows
 
@@ -221,13 +250,24 @@ def _edge_kernel(graph: Graph, idx: list[int], diff: Difference, scores: torch.T
     prefix = graph.destinations[idx[0]].prefix
     span = slice(idx[0], idx[-1] + 1)
     src = slice(0, prefix) if rows is None else slice(rows.start, min(rows.stop, prefix))
+    layout = diff.layout
 
     def kernel(grad: torch.Tensor, ctx) -> None:
         if src.stop <= src.start:
             return
         g = grad if grad.ndim == 4 else grad[:, :, None]
-        g = g.permute(0, 1, 3, 2).reshape(-1, g.shape[2])  # [n*pos*d, j]
-        scores[src, span] += weight * (diff.value[src].to(g.dtype) @ g).to(scores.dtype)
+        if layout is None:
+            g = g.permute(0, 1, 3, 2).reshape(-1, g.shape[2])  # [n*pos*d, j]
+            scores[src, span] += weight * (diff.value[src].to(g.dtype) @ g).to(scores.dtype)
+            return
+        g = layout.sort(g.flatten(0, 1)).transpose(1, 2)  # [n*pos (span order), d, j]
+        d = g.shape[1]
+        g = g.reshape(-1, g.shape[2])
+        value = diff.value[src]
+        for s, (a, b) in enumerate(layout.bounds):
+            if b > a:
+                part = value[:, a * d : b * d].to(g.dtype) @ g[a * d : b * d]
+                scores[s, src, span] += weight * part.to(scores.dtype)
         return
 
     return kernel

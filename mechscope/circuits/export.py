@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import ResultFileError
+from ..errors import ResultFileError, SelectionError
 from .graph import Graph
 from .result import Circuit, CircuitScores
 
@@ -56,6 +56,9 @@ def eap_ig_destinations(graph: Graph) -> tuple[list[str], list[int], list[float]
 
 def _tables(item: Circuit | CircuitScores) -> tuple[Graph, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """``(graph, edge scores, in_graph, nodes_in_graph, node scores or None)`` in mechscope's layout."""
+    if item.spans is not None:
+        raise SelectionError("EAP-IG's layout has no positions: export position-aware circuits as DOT, or "
+                             "sum the span axis first")
     graph = item.graph
     if isinstance(item, Circuit):
         return graph, item.scores.float(), item.in_graph, item.nodes_in_graph, None
@@ -161,12 +164,14 @@ def to_dot(circuit: Circuit, *, min_width: float = 0.6, max_width: float = 5.0) 
     used = set(frame["src"]) | {t for ts in targets.values() for t in ts}
     lines += [f'  "{name}";' for name in members if name in used]
     bound = float(frame["score"].abs().max()) if len(frame) else 1.0
-    for src, dst, qkv, score in zip(frame["src"], frame["dst"], frame["qkv"], frame["score"]):
+    where = frame["span"].map(lambda s: f"@{s}") if "span" in frame else [""] * len(frame)
+    for src, dst, qkv, score, at in zip(frame["src"], frame["dst"], frame["qkv"], frame["score"], where):
         width = max(min_width, abs(score) / (bound or 1.0) * max_width)
         style = ", style=dashed" if score < 0 else ""
+        label = f', label="{at[1:]}"' if at else ""
         for target in targets[dst]:
-            lines.append(f'  "{src}" -> "{target}" [penwidth={width:.3f}, color="{QKV_COLOURS[qkv]}"{style}, '
-                         f'tooltip="{src}->{dst}: {score:.4g}"];')
+            lines.append(f'  "{src}" -> "{target}" [penwidth={width:.3f}, color="{QKV_COLOURS[qkv]}"{style}{label}, '
+                         f'tooltip="{src}->{dst}{at}: {score:.4g}"];')
     lines.append("}")
     return "\n".join(lines) + "\n"
 

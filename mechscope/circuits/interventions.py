@@ -30,6 +30,7 @@ import torch
 
 from ..errors import SelectionError
 from .graph import Graph
+from .spans import Spans
 
 ABLATIONS = ("corrupted", "zero", "mean")
 
@@ -76,13 +77,16 @@ def buffer_bytes_per_token(graph: Graph, dtype: torch.dtype = torch.float32, *, 
     return graph.n_src * int(graph.cfg["d_model"]) * size * (2 if with_ablated else 1)
 
 
-def pruned_weights(graph: Graph, in_graph: torch.Tensor) -> torch.Tensor:
+def pruned_weights(graph: Graph, in_graph: torch.Tensor, *, spans: int | None = None) -> torch.Tensor:
     """W `[k, n_src, n_dst]` (float) from membership `[n_src, n_dst]` or `[k, n_src, n_dst]`
-    (bool: True = kept; float: the kept fraction), zero off the real edges."""
-    mask = in_graph if in_graph.ndim == 3 else in_graph[None]
-    if tuple(mask.shape[1:]) != (graph.n_src, graph.n_dst):
-        raise SelectionError(f"a circuit mask must be [n_src, n_dst] = [{graph.n_src}, {graph.n_dst}], "
-                             f"got {tuple(in_graph.shape)}")
+    (bool: True = kept; float: the kept fraction), zero off the real edges. Position-aware
+    (``spans`` = the number of spans): `[k, n_spans, n_src, n_dst]` from `[n_spans, n_src, n_dst]`
+    or `[k, n_spans, n_src, n_dst]`."""
+    tail = (graph.n_src, graph.n_dst) if spans is None else (spans, graph.n_src, graph.n_dst)
+    mask = in_graph if in_graph.ndim == len(tail) + 1 else in_graph[None]
+    if tuple(mask.shape[1:]) != tail:
+        shape = "[n_src, n_dst]" if spans is None else "[n_spans, n_src, n_dst]"
+        raise SelectionError(f"a circuit mask must be {shape} = {list(tail)}, got {tuple(in_graph.shape)}")
     return (1.0 - mask.float()) * graph.real.to(mask.device)
 
 
@@ -100,13 +104,25 @@ class EdgePatch:
     """
 
     def __init__(self, graph: Graph, ablated: torch.Tensor, W: torch.Tensor, *,
-                 buffer_dtype: torch.dtype | None = None):
+                 buffer_dtype: torch.dtype | None = None, spans: Spans | None = None):
         self.graph, self.ablated, self.W, self.buffer_dtype = graph, ablated, W, buffer_dtype
         self.k = W.shape[0]
         self.differentiable = W.requires_grad
+        if (W.ndim == 4) != (spans is not None) or (spans is not None and W.shape[1] != len(spans)):
+            raise SelectionError(f"position-aware masks are [k, n_spans, n_src, n_dst] with their spans; got W "
+                                 f"{tuple(W.shape)} and {'no spans' if spans is None else f'{len(spans)} spans'}")
+        # Per span: the flat token indices (into [n * pos]) it holds, and the inverse of their
+        # concatenation (the corrections are computed span by span, then put back in token order).
+        self.span_tokens: list[torch.Tensor] | None = None
+        if spans is not None:
+            order, bounds = spans.order()
+            self.span_tokens = [order[a:b] for a, b in bounds]
+            self.span_inverse = torch.argsort(order)
         # Sources with a pruned edge somewhere (every source when W needs gradients: a learned
         # mask at 1 prunes nothing yet, but its gradient runs through these hooks).
         nonzero = (W.detach() != 0) | self.differentiable
+        if spans is not None:
+            nonzero = nonzero.any(dim=1)  # [k, n_src, n_dst]
         live = nonzero.any(dim=(0, 2)).cpu()
         self.live = live.nonzero()[:, 0]  # source indices, in forward order
         slot = torch.cumsum(live.long(), 0) - 1  # slot of each live source
@@ -128,7 +144,7 @@ class EdgePatch:
                 local = slice(idx[0] - shared.start, idx[-1] + 1 - shared.start)
                 self.dest_hooks[hook] = (prefix, shared, local, int(live[:prefix].sum()))
         self._deltas: dict[int, torch.Tensor] = {}
-        self.W_live = W[:, self.live.to(W.device), :]  # [k, n_live, n_dst]
+        self.W_live = W[..., self.live.to(W.device), :]  # [k, (n_spans,) n_live, n_dst]
         self.buffer: torch.Tensor | None = None
         self.pieces: list[tuple[slice, torch.Tensor]] = []  # (buffer slots, [k, s, n, pos, d])
 
@@ -181,27 +197,49 @@ class EdgePatch:
         return rebuild
 
     def _correction(self, shared: slice, n_live: int, dtype: torch.dtype) -> torch.Tensor:
-        """sum_u W[u, v] (current(u) - ablated(u)) for destinations ``shared``: `[k * n, pos, j, d]`."""
-        weights = self.W_live[:, :n_live, shared].transpose(1, 2).to(dtype)  # [k, j, s]
+        """sum_u W[u, v] (current(u) - ablated(u)) for destinations ``shared``: `[k * n, pos, j, d]`
+        (W of each token's span for position-aware masks)."""
         if self.differentiable:
             parts = [(slots, diff) for slots, diff in self.pieces if slots.start < n_live]
         else:
             parts = [(slice(0, n_live), self.buffer[:, :n_live])]  # contiguous: one batched matmul
+        k, _, n, pos, d = parts[0][1].shape
+        if self.span_tokens is None:
+            weights = self.W_live[:, :n_live, shared].transpose(1, 2).to(dtype)  # [k, j, s]
+            delta = self._weighted(weights, parts, n_live, lambda diff: diff)  # [k, j, n * pos * d]
+        else:
+            pieces = []
+            for span, tokens in enumerate(self.span_tokens):
+                weights = self.W_live[:, span, :n_live, shared].transpose(1, 2).to(dtype)
+                index = tokens.to(parts[0][1].device)
+                pieces.append(self._weighted(weights, parts, n_live,
+                                             lambda diff, index=index: diff.flatten(2, 3).index_select(2, index)))
+            joined = torch.cat([p.reshape(k, -1, len(t), d) for p, t in zip(pieces, self.span_tokens)], dim=2)
+            delta = joined.index_select(2, self.span_inverse.to(joined.device))  # [k, j, n * pos, d]
+        return delta.reshape(k, -1, n, pos, d).permute(0, 2, 3, 1, 4).reshape(k * n, pos, -1, d)
+
+    @staticmethod
+    def _weighted(weights: torch.Tensor, parts: list, n_live: int, select: Callable) -> torch.Tensor:
+        """sum over the buffered pieces of ``weights[:, :, slots] @ select(piece)``: `[k, j, ...]`
+        flattened (``weights`` `[k, j, n_live]`, pieces `[k, s, n, pos, d]`)."""
         delta = None
         for slots, diff in parts:
             stop = min(slots.stop, n_live)
-            diff = diff[:, : stop - slots.start]
-            k, s, n, pos, d = diff.shape
-            term = torch.bmm(weights[:, :, slots.start:stop], diff.reshape(k, s, -1).to(dtype))  # [k, j, n*pos*d]
+            chosen = select(diff[:, : stop - slots.start])
+            term = torch.bmm(weights[:, :, slots.start:stop], chosen.reshape(*chosen.shape[:2], -1).to(weights.dtype))
             delta = term if delta is None else delta + term
-        return delta.reshape(k, -1, n, pos, d).permute(0, 2, 3, 1, 4).reshape(k * n, pos, -1, d)
+        return delta
 
 
 def patched_logits(model, graph: Graph, tokens: torch.Tensor, ablated: torch.Tensor, W: torch.Tensor, *,
-                   buffer_dtype: torch.dtype | None = None, logits_at: torch.Tensor | None = None) -> torch.Tensor:
+                   buffer_dtype: torch.dtype | None = None, logits_at: torch.Tensor | None = None,
+                   spans: Spans | None = None) -> torch.Tensor:
     """Logits `[k * n, pos, vocab]` of ``tokens`` `[n, pos]` with the ``k`` masks of ``W``
-    `[k, n_src, n_dst]` applied (variant-major rows). Gradients flow to ``W`` when it needs them."""
-    patch = EdgePatch(graph, ablated, W, buffer_dtype=buffer_dtype)
+    `[k, n_src, n_dst]` (or position-aware `[k, n_spans, n_src, n_dst]` with the ``spans`` of
+    ``tokens``) applied (variant-major rows). Gradients flow to ``W`` when it needs them."""
+    if spans is not None:
+        spans.check(tokens)
+    patch = EdgePatch(graph, ablated, W, buffer_dtype=buffer_dtype, spans=spans)
     k = W.shape[0]
     rows = tokens.repeat(k, 1)
     with model.hooks(patch.hooks()):

@@ -19,20 +19,29 @@ from . import selection
 from .graph import Graph
 
 
-def edge_frame(graph: Graph, scores: torch.Tensor, keep: torch.Tensor) -> pd.DataFrame:
-    """One row per edge where ``keep`` `[n_src, n_dst]` holds: names, layers, q/k/v, score."""
-    src, dst = keep.nonzero(as_tuple=True)
+def edge_frame(graph: Graph, scores: torch.Tensor, keep: torch.Tensor, spans: list | None = None) -> pd.DataFrame:
+    """One row per edge where ``keep`` `[n_src, n_dst]` holds: names, layers, q/k/v, score.
+    Position-aware (``spans`` names, ``keep`` / ``scores`` `[n_spans, n_src, n_dst]`): a row per
+    (span, edge) with a ``span`` column and edge names ``"src->dst@span"``."""
+    if spans is None:
+        span, (src, dst) = None, keep.nonzero(as_tuple=True)
+    else:
+        span, src, dst = keep.nonzero(as_tuple=True)
     sources, dests = graph.sources, graph.destinations
     s, d = src.tolist(), dst.tolist()
-    return pd.DataFrame({
-        "edge": [f"{graph.src_names[i]}->{graph.dst_names[j]}" for i, j in zip(s, d)],
+    suffix = [""] * len(s) if span is None else [f"@{spans[k]}" for k in span.tolist()]
+    frame = {
+        "edge": [f"{graph.src_names[i]}->{graph.dst_names[j]}{x}" for i, j, x in zip(s, d, suffix)],
         "src": [graph.src_names[i] for i in s],
         "dst": [graph.dst_names[j] for j in d],
         "src_layer": [sources[i].layer for i in s],
         "dst_layer": [dests[j].layer for j in d],
         "qkv": [dests[j].qkv or "" for j in d],
-        "score": scores[src, dst].double().numpy(),
-    })
+        "score": (scores[src, dst] if span is None else scores[span, src, dst]).double().numpy(),
+    }
+    if span is not None:
+        frame = {"span": [spans[k] for k in span.tolist()], **frame}
+    return pd.DataFrame(frame)
 
 
 def node_frame(graph: Graph, scores: torch.Tensor, keep: torch.Tensor) -> pd.DataFrame:
@@ -63,11 +72,16 @@ class _GraphTables:
     def _keep(self) -> torch.Tensor:
         raise NotImplementedError
 
+    def _real(self) -> torch.Tensor:
+        """The real edges, `[n_src, n_dst]` (or `[n_spans, n_src, n_dst]` position-aware)."""
+        real = self.graph.real
+        return real if self.spans is None else real[None].expand(len(self.spans), -1, -1).clone()
+
     def _frame(self) -> pd.DataFrame:
         graph = self.graph
         if self.level == "node":
             return node_frame(graph, self.scores, self._keep())
-        return edge_frame(graph, self.scores, self._keep())
+        return edge_frame(graph, self.scores, self._keep(), self.spans)
 
     def _plot(self, value: str | None = None, *, kind: str = "scores", top: int = 200, **selection):
         """``kind="scores"``: every selected edge's score (a source x destination heatmap; a bar
@@ -76,12 +90,16 @@ class _GraphTables:
         frame = self.plot_data(value, **selection)
         column = self.plot_column(value)
         if kind == "graph":
+            if self.spans is not None:  # one line per edge: its largest |value| over the spans
+                frame = frame.loc[frame[column].abs().groupby([frame["src"], frame["dst"]]).idxmax()]
             return circuit_plot.circuit_figure(self.graph, frame, column, top=top, title=self.summary())
         if kind != "scores":
             raise SelectionError(f"kind must be 'scores' or 'graph', got {kind!r}")
         if self.level == "node":
             return figures.bar(frame["node"], frame[column], title=self.summary(), x_label="node",
                                y_label=column, signed=True)
+        if self.spans is not None:  # rows: sources at each span
+            frame = frame.assign(src=frame["src"] + "@" + frame["span"])
         srcs = list(dict.fromkeys(frame["src"]))
         dsts = list(dict.fromkeys(frame["dst"]))
         row, col = {s: i for i, s in enumerate(srcs)}, {d: j for j, d in enumerate(dsts)}
@@ -89,6 +107,12 @@ class _GraphTables:
         z[[row[s] for s in frame["src"]], [col[d] for d in frame["dst"]]] = frame[column].to_numpy(float)
         return figures.heatmap(z, dsts, srcs, title=self.summary(), signed=True,
                                x_label="destination", y_label="source", z_label=column)
+
+
+def _check_span_axis(value: torch.Tensor, spans: list | None, what: str) -> None:
+    if spans is not None and (value.ndim != 3 or value.shape[0] != len(spans)):
+        raise SelectionError(f"position-aware {what} are [n_spans, n_src, n_dst] with n_spans = {len(spans)}, "
+                             f"got {tuple(value.shape)}")
 
 
 @dataclass
@@ -115,6 +139,7 @@ class CircuitScores(_GraphTables, Result):
     clean_metric: float = math.nan
     corrupted_metric: float = math.nan
     score_kind: str = "effect"
+    spans: list | None = None
 
     SCORE_KINDS = ("effect", "keep")
 
@@ -122,6 +147,7 @@ class CircuitScores(_GraphTables, Result):
         if self.score_kind not in self.SCORE_KINDS:
             raise SelectionError(f"score_kind must be one of {self.SCORE_KINDS}, got {self.score_kind!r}")
         self._signed = self.score_kind == "effect"  # learned logits rank largest first in top()
+        _check_span_axis(self.scores, self.spans, "scores")
 
     def to_dataframe(self) -> pd.DataFrame:
         return self._frame()
@@ -132,11 +158,13 @@ class CircuitScores(_GraphTables, Result):
     plot.__doc__ = _GraphTables._plot.__doc__
 
     def _keep(self) -> torch.Tensor:
-        return self.graph.real if self.level == "edge" else torch.ones(self.graph.n_src, dtype=torch.bool)
+        return self._real() if self.level == "edge" else torch.ones(self.graph.n_src, dtype=torch.bool)
 
     def summary(self) -> str:
         g = self.graph
         what = f"{g.n_edges} edges" if self.level == "edge" else f"{g.n_src} nodes"
+        if self.spans is not None:
+            what += f" x {len(self.spans)} spans"
         steps = f", {self.steps} steps" if self.steps > 1 else ""
         return f"{self.method} scores of {what} ({self.metric}, {self.ablation} ablation{steps}; {self.n_prompts} prompts)"
 
@@ -164,8 +192,9 @@ class CircuitScores(_GraphTables, Result):
         return self._circuit(selection.top_n(self.graph, ranked, n, absolute=absolute), prune, f"top {n} edges")
 
     def threshold(self, tau: float, *, absolute: bool = True, higher_is_better: bool = True,
-                  prune: bool = True) -> Circuit:
-        """The edges whose |score| (or importance, ``absolute=False``) is at least ``tau``."""
+                  prune: bool | None = None) -> Circuit:
+        """The edges whose |score| (or importance, ``absolute=False``) is at least ``tau``
+        (``prune``: drop dangling nodes; default yes, except for position-aware scores)."""
         self._edge_level("threshold")
         ranked, absolute = self._ranked(absolute, higher_is_better), self._absolute(absolute)
         keep = selection.threshold(self.graph, ranked, tau, absolute=absolute)
@@ -174,6 +203,7 @@ class CircuitScores(_GraphTables, Result):
     def greedy(self, n: int, *, absolute: bool = True, higher_is_better: bool = True, prune: bool = True) -> Circuit:
         """``n`` edges chosen from the logits backward (every one on a path to the logits)."""
         self._edge_level("greedy")
+        self._no_spans("greedy selection")
         ranked, absolute = self._ranked(absolute, higher_is_better), self._absolute(absolute)
         keep = selection.greedy(self.graph, ranked, n, absolute=absolute)
         return self._circuit(keep, prune, f"greedy {n} edges")
@@ -182,12 +212,20 @@ class CircuitScores(_GraphTables, Result):
         if self.level != "edge":
             raise SelectionError(f"{what} selection needs edge scores; these are node scores (use top_n)")
 
-    def _circuit(self, keep: torch.Tensor, prune: bool, how: str) -> Circuit:
+    def _no_spans(self, what: str) -> None:
+        if self.spans is not None:
+            raise SelectionError(f"{what} follows paths through the graph, which position-aware circuits leave "
+                                 "across positions inside attention; use top_n or threshold (prune=False)")
+
+    def _circuit(self, keep: torch.Tensor, prune: bool | None, how: str) -> Circuit:
         graph = self.graph
+        if prune is None:
+            prune = self.spans is None
         if prune:
+            self._no_spans("pruning dangling nodes")
             keep = selection.prune(graph, keep)
         return Circuit(dict(self.cfg), self.scores.clone(), keep, selection.nodes_of(graph, keep), self.method,
-                       self.ablation, how)
+                       self.ablation, how, self.spans)
 
     def _node_circuit(self, n: int, ranked: torch.Tensor, absolute: bool, how: str) -> Circuit:
         graph = self.graph
@@ -207,6 +245,7 @@ class CircuitScores(_GraphTables, Result):
 class Circuit(_GraphTables, Result):
     """A circuit: kept edges ``in_graph`` `[n_src, n_dst]` (bool) with their ``scores``, the
     nodes on them ``nodes_in_graph`` `[n_src]`, and how it was chosen (``selection``).
+    Position-aware (``spans`` names): ``in_graph`` and ``scores`` `[n_spans, n_src, n_dst]`.
 
     Protocol: ``to_dataframe()`` a row per kept edge; ``plot(kind="graph")`` the circuit;
     exports: `mechscope.circuits.export` (EAP-IG JSON / PT, Graphviz DOT)."""
@@ -218,8 +257,12 @@ class Circuit(_GraphTables, Result):
     method: str = ""
     ablation: str = "corrupted"
     selection: str = ""
+    spans: list | None = None
 
-    level = "edge"  # a circuit is a set of edges (node-level selections keep the edges among their nodes)
+    level = "edge"
+
+    def __post_init__(self) -> None:
+        _check_span_axis(self.in_graph, self.spans, "in_graph")  # a circuit is a set of edges (node-level selections keep the edges among their nodes)
 
     def to_dataframe(self) -> pd.DataFrame:
         return self._frame()

@@ -1,6 +1,7 @@
 """Choosing a circuit from scores: top-n, threshold, greedy from the logits backward, and
 pruning of nodes that lie on no path from the input to the logits. Membership is a bool
-`[n_src, n_dst]` (True = edge kept) over the real edges of a `Graph`."""
+`[n_src, n_dst]` (True = edge kept) over the real edges of a `Graph`; top-n and threshold
+also take position-aware scores `[n_spans, n_src, n_dst]` (every span's real edges)."""
 
 from __future__ import annotations
 
@@ -12,25 +13,32 @@ from ..errors import SelectionError
 from .graph import Graph
 
 
+def real_edges(graph: Graph, scores: torch.Tensor) -> torch.Tensor:
+    """The real edges in the shape of ``scores`` (`[n_src, n_dst]` or `[n_spans, n_src, n_dst]`)."""
+    if tuple(scores.shape[-2:]) != (graph.n_src, graph.n_dst) or scores.ndim not in (2, 3):
+        raise SelectionError(f"edge scores must be [n_src, n_dst] = [{graph.n_src}, {graph.n_dst}] (or "
+                             f"[n_spans, n_src, n_dst] position-aware), got {tuple(scores.shape)}")
+    return graph.real if scores.ndim == 2 else graph.real[None].expand_as(scores)
+
+
 def _ranked(graph: Graph, scores: torch.Tensor, absolute: bool) -> torch.Tensor:
     """Scores as ranked (``|score|`` if absolute), ``-inf`` off the real edges and at NaN."""
-    if tuple(scores.shape) != (graph.n_src, graph.n_dst):
-        raise SelectionError(f"edge scores must be [n_src, n_dst] = [{graph.n_src}, {graph.n_dst}], "
-                             f"got {tuple(scores.shape)}")
+    real = real_edges(graph, scores)
     ranked = scores.float().abs() if absolute else scores.float().clone()
-    ranked[~graph.real | ranked.isnan()] = -torch.inf
+    ranked[~real | ranked.isnan()] = -torch.inf
     return ranked
 
 
 def top_n(graph: Graph, scores: torch.Tensor, n: int, *, absolute: bool = True) -> torch.Tensor:
     """The ``n`` real edges with the largest (absolute) scores; ties broken by index (stable)."""
-    if not 0 <= n <= graph.n_edges:
-        raise SelectionError(f"n must be in [0, {graph.n_edges}] (the real edges), got {n}")
+    total = int(real_edges(graph, scores).sum())
+    if not 0 <= n <= total:
+        raise SelectionError(f"n must be in [0, {total}] (the real edges), got {n}")
     ranked = _ranked(graph, scores, absolute).flatten()
     order = torch.sort(ranked, descending=True, stable=True).indices[:n]
-    keep = torch.zeros(graph.n_src * graph.n_dst, dtype=torch.bool)
+    keep = torch.zeros(ranked.numel(), dtype=torch.bool)
     keep[order] = True
-    return keep.reshape(graph.n_src, graph.n_dst)
+    return keep.reshape(scores.shape)
 
 
 def threshold(graph: Graph, scores: torch.Tensor, tau: float, *, absolute: bool = True) -> torch.Tensor:
@@ -75,7 +83,10 @@ def greedy(graph: Graph, scores: torch.Tensor, n: int, *, absolute: bool = True)
 
 
 def nodes_of(graph: Graph, keep: torch.Tensor) -> torch.Tensor:
-    """`[n_src]` bool: source nodes with a kept outgoing edge and (the input aside) a kept incoming one."""
+    """`[n_src]` bool: source nodes with a kept outgoing edge and (the input aside) a kept
+    incoming one (at any span, for position-aware ``keep`` `[n_spans, n_src, n_dst]`)."""
+    if keep.ndim == 3:
+        keep = keep.any(0)
     has_out = keep.any(dim=1)
     has_in = (graph.owner & keep.any(dim=0)[None, :]).any(dim=1)
     has_in[0] = True

@@ -24,14 +24,18 @@ def subset(pairs: PromptPairs, rows: slice) -> PromptPairs:
                        pairs.answer_positions[rows])
 
 
-def chunks(pairs: PromptPairs, batch_size: int | None) -> Iterator[PromptPairs]:
-    """``pairs`` cut into consecutive chunks of at most ``batch_size`` prompts."""
-    n = len(pairs)
+def chunk_rows(n: int, batch_size: int | None) -> list[slice]:
+    """The rows of consecutive chunks of at most ``batch_size`` of ``n`` prompts."""
     size = n if batch_size is None else batch_size
     if size < 1:
         raise SelectionError(f"batch_size must be at least 1, got {batch_size}")
-    for i in range(0, n, size):
-        yield subset(pairs, slice(i, i + size))
+    return [slice(i, min(i + size, n)) for i in range(0, n, size)]
+
+
+def chunks(pairs: PromptPairs, batch_size: int | None) -> Iterator[PromptPairs]:
+    """``pairs`` cut into consecutive chunks of at most ``batch_size`` prompts."""
+    for rows in chunk_rows(len(pairs), batch_size):
+        yield subset(pairs, rows)
 
 
 def local_pairs(pairs: PromptPairs) -> PromptPairs:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import random
 
+import torch
+
 from ..errors import SelectionError
 from ..models.tokens import single_token_words
 from .tasks import PromptPairs, pairs_from_strings
@@ -80,3 +82,19 @@ def ioi(model, n: int, *, template: int = 0, order: str = "mixed", seed: int = 0
         answers.append(" " + io)
         wrong.append(" " + s)
     return pairs_from_strings(model, clean, corrupted, answers, wrong, prepend_bos=prepend_bos)
+
+
+def ioi_positions(pairs: PromptPairs) -> dict[str, torch.Tensor]:
+    """Each prompt's positions of the IOI template fields, for position-aware circuits: ``IO``
+    (the indirect object's first mention), ``S1`` and ``S2`` (the subject's two mentions) and
+    ``END`` (where the answer is predicted), each `[n]`. Read from the tokens: IO is the answer
+    token, S the wrong-answer token (ms.data.ioi's single-token names)."""
+    clean = pairs.clean
+    io_at, s_at = clean == pairs.answers[:, None], clean == pairs.wrong[:, None]
+    if not bool(io_at.any(1).all()) or not bool((s_at.sum(1) >= 2).all()):
+        raise SelectionError("these are not IOI prompts: each needs its answer (IO) once and its wrong answer "
+                             "(S) twice among its tokens")
+    positions = torch.arange(clean.shape[1])
+    first_io = torch.where(io_at, positions, clean.shape[1]).min(1).values
+    first_s, last_s = torch.where(s_at, positions, clean.shape[1]).min(1).values, torch.where(s_at, positions, -1).max(1).values
+    return {"IO": first_io, "S1": first_s, "S2": last_s, "END": pairs.answer_positions.clone()}
