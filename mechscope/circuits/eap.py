@@ -206,11 +206,11 @@ def _source_blocks(graph: Graph) -> list[tuple[str, slice]]:
 
 
 def _set_to(value: torch.Tensor) -> Callable:
-    return lambda x, ctx: value.to(x.dtype).expand_as(x).clone()
+    return lambda x, ctx: value.to(x.device, x.dtype).expand_as(x).clone()
 
 
 def _shifted(shift: torch.Tensor, by: float) -> Callable:
-    return lambda x, ctx: x + by * shift.to(x.dtype)
+    return lambda x, ctx: x + by * shift.to(x.device, x.dtype)
 
 
 def _gradient_pass(model, graph: Graph, tokens: torch.Tensor, pairs: PromptPairs, metric: Metric,
@@ -256,18 +256,19 @@ def _edge_kernel(graph: Graph, idx: list[int], diff: Difference, scores: torch.T
         if src.stop <= src.start:
             return
         g = grad if grad.ndim == 4 else grad[:, :, None]
+        value = diff.value[src]
+        g = g.to(value.device)  # a device_map model: the (small) gradient goes to the differences
         if layout is None:
             g = g.permute(0, 1, 3, 2).reshape(-1, g.shape[2])  # [n*pos*d, j]
-            scores[src, span] += weight * (diff.value[src].to(g.dtype) @ g).to(scores.dtype)
+            scores[src, span] += weight * (value.to(g.dtype) @ g).to(scores.device, scores.dtype)
             return
         g = layout.sort(g.flatten(0, 1)).transpose(1, 2)  # [n*pos (span order), d, j]
         d = g.shape[1]
         g = g.reshape(-1, g.shape[2])
-        value = diff.value[src]
         for s, (a, b) in enumerate(layout.bounds):
             if b > a:
                 part = value[:, a * d : b * d].to(g.dtype) @ g[a * d : b * d]
-                scores[s, src, span] += weight * part.to(scores.dtype)
+                scores[s, src, span] += weight * part.to(scores.device, scores.dtype)
         return
 
     return kernel
@@ -284,8 +285,8 @@ def _node_kernel(idx: list[int], diff: Difference, scores: torch.Tensor, weight:
         g = grad if grad.ndim == 4 else grad[:, :, None]
         g = g[:, :, (keep - idx[0]).to(g.device)].permute(2, 0, 1, 3).reshape(len(keep), -1)  # [s, n*pos*d]
         value = diff.value
-        part = (value[keep.to(value.device)].to(g.dtype) * g).sum(-1)
-        scores[keep.to(scores.device)] += weight * part.to(scores.dtype)
+        part = (value[keep.to(value.device)].to(g.dtype) * g.to(value.device)).sum(-1)
+        scores[keep.to(scores.device)] += weight * part.to(scores.device, scores.dtype)
         return
 
     return kernel

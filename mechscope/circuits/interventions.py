@@ -42,7 +42,8 @@ def stack_sources(graph: Graph, cache) -> torch.Tensor:
     for hook in graph.source_groups():
         x = cache[hook]
         parts.append(x if x.ndim == 4 else x[:, :, None])
-    return torch.cat(parts, dim=2)
+    device = parts[0].device  # a device_map model's layers may sit on several devices
+    return torch.cat([part.to(device) for part in parts], dim=2)
 
 
 def source_names(graph: Graph) -> list[str]:
@@ -98,16 +99,19 @@ class EdgePatch:
 
     The buffered ("live") sources are compacted in forward order, so every destination reads
     a prefix of the buffer: one matmul per destination hook. Without gradients the buffer is
-    one preallocated tensor written in place; when ``W`` needs gradients (learned masks) the
-    per-hook differences are kept as separate tensors, each read by its own matmul, so autograd
-    sees no in-place writes and saves no copies.
+    one preallocated tensor written in place. *Pieced* (when ``W`` needs gradients, for learned
+    masks, or with ``pieced=True``, for models split over devices) the per-hook differences are
+    kept as separate tensors, each on its own layer's device and read by its own matmul there,
+    so autograd sees no in-place writes and saves no copies, and only the corrections `[k, j,
+    n * pos * d]` cross devices.
     """
 
     def __init__(self, graph: Graph, ablated: torch.Tensor, W: torch.Tensor, *,
-                 buffer_dtype: torch.dtype | None = None, spans: Spans | None = None):
+                 buffer_dtype: torch.dtype | None = None, spans: Spans | None = None, pieced: bool | None = None):
         self.graph, self.ablated, self.W, self.buffer_dtype = graph, ablated, W, buffer_dtype
         self.k = W.shape[0]
         self.differentiable = W.requires_grad
+        self.pieced = self.differentiable if pieced is None else pieced or self.differentiable
         if (W.ndim == 4) != (spans is not None) or (spans is not None and W.shape[1] != len(spans)):
             raise SelectionError(f"position-aware masks are [k, n_spans, n_src, n_dst] with their spans; got W "
                                  f"{tuple(W.shape)} and {'no spans' if spans is None else f'{len(spans)} spans'}")
@@ -164,11 +168,11 @@ class EdgePatch:
             x4 = x if x.ndim == 4 else x[:, :, None]
             rows, pos = x4.shape[:2]
             current = x4.index_select(2, local.to(x.device))
-            ablated = self.ablated[:, :pos].index_select(2, sources.to(x.device))
+            ablated = self.ablated[:, :pos].index_select(2, sources.to(self.ablated.device)).to(x.device)
             diff = current.reshape(self.k, rows // self.k, *current.shape[1:]) - ablated.to(current.dtype)
             diff = diff.permute(0, 3, 1, 2, 4)  # source-major: [k, s, n, pos, d]
             dtype = self.buffer_dtype or diff.dtype
-            if self.differentiable:
+            if self.pieced:
                 self.pieces.append((slots, diff.to(dtype)))
                 return
             if self.buffer is None:
@@ -188,45 +192,47 @@ class EdgePatch:
             if n_live == 0:
                 return x
             delta = self._deltas.get(prefix)
-            if delta is None or delta.dtype != x.dtype:
-                delta = self._deltas[prefix] = self._correction(shared, n_live, x.dtype)
+            if delta is None or delta.dtype != x.dtype or delta.device != x.device:
+                delta = self._deltas[prefix] = self._correction(shared, n_live, x.dtype, x.device)
             x4 = x if x.ndim == 4 else x[:, :, None]
             out = x4 - delta[:, :, local]
             return out if x.ndim == 4 else out[:, :, 0]
 
         return rebuild
 
-    def _correction(self, shared: slice, n_live: int, dtype: torch.dtype) -> torch.Tensor:
+    def _correction(self, shared: slice, n_live: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
         """sum_u W[u, v] (current(u) - ablated(u)) for destinations ``shared``: `[k * n, pos, j, d]`
-        (W of each token's span for position-aware masks)."""
-        if self.differentiable:
+        on ``device`` (W of each token's span for position-aware masks)."""
+        if self.pieced:
             parts = [(slots, diff) for slots, diff in self.pieces if slots.start < n_live]
         else:
             parts = [(slice(0, n_live), self.buffer[:, :n_live])]  # contiguous: one batched matmul
         k, _, n, pos, d = parts[0][1].shape
         if self.span_tokens is None:
             weights = self.W_live[:, :n_live, shared].transpose(1, 2).to(dtype)  # [k, j, s]
-            delta = self._weighted(weights, parts, n_live, lambda diff: diff)  # [k, j, n * pos * d]
+            delta = self._weighted(weights, parts, n_live, lambda diff: diff, device)  # [k, j, n * pos * d]
         else:
             pieces = []
             for span, tokens in enumerate(self.span_tokens):
                 weights = self.W_live[:, span, :n_live, shared].transpose(1, 2).to(dtype)
-                index = tokens.to(parts[0][1].device)
-                pieces.append(self._weighted(weights, parts, n_live,
-                                             lambda diff, index=index: diff.flatten(2, 3).index_select(2, index)))
+                pieces.append(self._weighted(weights, parts, n_live, lambda diff, index=tokens: diff.flatten(2, 3)
+                                             .index_select(2, index.to(diff.device)), device))
             joined = torch.cat([p.reshape(k, -1, len(t), d) for p, t in zip(pieces, self.span_tokens)], dim=2)
-            delta = joined.index_select(2, self.span_inverse.to(joined.device))  # [k, j, n * pos, d]
+            delta = joined.index_select(2, self.span_inverse.to(device))  # [k, j, n * pos, d]
         return delta.reshape(k, -1, n, pos, d).permute(0, 2, 3, 1, 4).reshape(k * n, pos, -1, d)
 
     @staticmethod
-    def _weighted(weights: torch.Tensor, parts: list, n_live: int, select: Callable) -> torch.Tensor:
+    def _weighted(weights: torch.Tensor, parts: list, n_live: int, select: Callable,
+                  device: torch.device) -> torch.Tensor:
         """sum over the buffered pieces of ``weights[:, :, slots] @ select(piece)``: `[k, j, ...]`
-        flattened (``weights`` `[k, j, n_live]`, pieces `[k, s, n, pos, d]`)."""
+        flattened on ``device`` (``weights`` `[k, j, n_live]`, pieces `[k, s, n, pos, d]`), each
+        product computed on its piece's device."""
         delta = None
         for slots, diff in parts:
             stop = min(slots.stop, n_live)
             chosen = select(diff[:, : stop - slots.start])
-            term = torch.bmm(weights[:, :, slots.start:stop], chosen.reshape(*chosen.shape[:2], -1).to(weights.dtype))
+            w = weights[:, :, slots.start:stop].to(chosen.device)
+            term = torch.bmm(w, chosen.reshape(*chosen.shape[:2], -1).to(w.dtype)).to(device)
             delta = term if delta is None else delta + term
         return delta
 
@@ -239,7 +245,7 @@ def patched_logits(model, graph: Graph, tokens: torch.Tensor, ablated: torch.Ten
     ``tokens``) applied (variant-major rows). Gradients flow to ``W`` when it needs them."""
     if spans is not None:
         spans.check(tokens)
-    patch = EdgePatch(graph, ablated, W, buffer_dtype=buffer_dtype, spans=spans)
+    patch = EdgePatch(graph, ablated, W, buffer_dtype=buffer_dtype, spans=spans, pieced=len(model.devices) > 1)
     k = W.shape[0]
     rows = tokens.repeat(k, 1)
     with model.hooks(patch.hooks()):

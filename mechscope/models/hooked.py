@@ -127,7 +127,14 @@ class HookedModel(nn.Module):
 
     @property
     def device(self) -> torch.device:
+        """The device of the first parameter (the embedding's, for a ``device_map`` model)."""
         return next(self.hf.parameters()).device
+
+    @property
+    def devices(self) -> list[torch.device]:
+        """Every device holding parameters, in parameter order (more than one for a model
+        loaded with a ``device_map`` that splits it)."""
+        return list(dict.fromkeys(p.device for p in self.hf.parameters()))
 
     @property
     def dtype(self) -> torch.dtype:

@@ -134,3 +134,25 @@ def test_only_sources_with_a_pruned_edge_are_buffered():
     patch = C.EdgePatch(graph, torch.zeros(1, 1, graph.n_src, 64), C.pruned_weights(graph, keep))
     assert patch.live.tolist() == [graph.src_index(0, 1)]  # one buffer slot per token
     assert list(patch.source_hooks) == ["blocks.0.attn.head_out"] and list(patch.dest_hooks) == ["blocks.1.mlp.in"]
+
+
+def test_pieced_buffers_equal_the_contiguous_buffer():
+    """The per-layer pieces a model split over devices uses (each layer's differences on its
+    own device) give the contiguous buffer's logits, plain and position-aware."""
+    tiny = _tiny("llama")
+    model, pairs = tiny.model, pairs_for(tiny.tokens)
+    graph = C.Graph.from_model(model)
+    ablated = C.ablated_sources(model, graph, pairs.corrupted)
+    keep = graph.real & (torch.rand(2, *graph.real.shape, generator=torch.Generator().manual_seed(4)) < 0.6)
+    spans = C.Spans.from_positions(pairs, {"a": 2, "b": 4})
+    for W, s in [(C.pruned_weights(graph, keep), None),
+                 (C.pruned_weights(graph, keep[:, None] & (torch.rand(2, 3, *graph.real.shape) < 0.8), spans=3),
+                  spans)]:
+        outputs = []
+        for pieced in (False, True):
+            patch = C.EdgePatch(graph, ablated, W, spans=s, pieced=pieced)
+            with torch.no_grad(), model.hooks(patch.hooks()):
+                outputs.append(model(pairs.clean.repeat(2, 1)))
+            assert (patch.buffer is None) == pieced and bool(patch.pieces) == pieced
+        assert torch.allclose(outputs[0], outputs[1], atol=1e-5)
+    assert model.devices == [torch.device("cpu")]
