@@ -10,7 +10,7 @@ from collections.abc import Callable
 import torch
 
 from ..data.tasks import PromptPairs
-from ..errors import MetricError
+from ..errors import MetricError, SelectionError
 from ..models.functional import kl_divergence
 from ..models.runtime import call_user, check_signature
 
@@ -90,13 +90,20 @@ def kl_to(reference_logits: torch.Tensor, pairs: PromptPairs):
 
     reference_logits `[n, pos, vocab]` for the ``n`` prompts of ``pairs`` (read at their answer
     positions once, here); a batch of tiled pairs (variants stacked by a sweep, `PromptPairs.tile`)
-    compares each row with its prompt, ``pairs.prompt_index``.
+    or of a chunk of them compares each row with its prompt, found by ``pairs.prompt_index``.
     """
     reference = _last(reference_logits, pairs).float().log_softmax(-1)  # [n, vocab]
+    known = pairs.prompt_index.cpu()
+    row_of = torch.full((int(known.max()) + 1,), -1, dtype=torch.long)
+    row_of[known] = torch.arange(len(known))
 
     @reads_answer_only
     def metric(logits: torch.Tensor, pairs: PromptPairs) -> torch.Tensor:
-        ref = reference[pairs.prompt_index.to(reference.device)]
+        index = pairs.prompt_index.cpu()
+        rows = row_of[index.clamp(max=len(row_of) - 1)]
+        if bool((index >= len(row_of)).any()) or bool((rows < 0).any()):
+            raise SelectionError("kl_to: these rows' prompts are not among the reference's prompts")
+        ref = reference[rows.to(reference.device)]
         new = _last(logits, pairs).float().log_softmax(-1).to(ref.device)
         return kl_divergence(ref, new)
 

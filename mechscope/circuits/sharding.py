@@ -19,9 +19,11 @@ from .interventions import source_activations
 
 
 def subset(pairs: PromptPairs, rows: slice) -> PromptPairs:
-    """The prompts ``rows`` of ``pairs`` (answers and answer positions with them)."""
+    """The prompts ``rows`` of ``pairs`` (answers, answer positions and ``prompt_index`` with
+    them, so a metric reading per-prompt data of a task, e.g. greater-than's years, still finds
+    each row's prompt)."""
     return PromptPairs(pairs.clean[rows], pairs.corrupted[rows], pairs.answers[rows], pairs.wrong[rows],
-                       pairs.answer_positions[rows])
+                       pairs.answer_positions[rows], prompt_index=pairs.prompt_index[rows])
 
 
 def chunk_rows(n: int, batch_size: int | None) -> list[slice]:

@@ -93,3 +93,24 @@ def test_one_process_shares_are_everything():
     assert torch.equal(subset(pairs, slice(1, 3)).answers, pairs.answers[1:3])
     with pytest.raises(MechscopeError, match="batch_size"):
         list(chunks(pairs, 0))
+
+
+def test_chunks_keep_each_rows_prompt_for_per_prompt_metrics():
+    """A metric reading per-prompt task data through ``pairs.prompt_index`` (as greater-than's
+    does) sees the right prompt in every chunk: chunked totals equal the unchunked ones."""
+    tiny = build_tiny("llama")
+    pairs = pairs_for(tiny.tokens)
+    targets = torch.tensor([5, 17, 40])  # per-prompt data, indexed by prompt
+
+    def target_logit(logits, pairs):
+        rows = torch.arange(logits.shape[0])
+        return logits[rows, pairs.answer_positions, targets[pairs.prompt_index]]
+
+    whole = C.eap(tiny.model, pairs, target_logit)
+    chunked = C.eap(tiny.model, pairs, target_logit, batch_size=1)
+    assert torch.allclose(whole.scores, chunked.scores, atol=1e-5 * float(whole.scores.abs().max()))
+    values, _ = C.evaluate_circuits(tiny.model, whole.graph, pairs, target_logit, [whole.top_n(30).in_graph],
+                                    batch_size=2)
+    values_whole, _ = C.evaluate_circuits(tiny.model, whole.graph, pairs, target_logit, [whole.top_n(30).in_graph])
+    assert abs(values - values_whole).max() < 1e-5
+    assert [c.prompt_index.tolist() for c in chunks(pairs, 2)] == [[0, 1], [2]]
