@@ -6,6 +6,11 @@ seeded, saved once in Hugging Face format to a temporary folder) and one set of 
 tokenizer), logit difference ``logit[answer] - logit[wrong]`` at the last position, mean over
 prompts. Rows:
 
+- mechscope's own costs as multiples of one plain forward (the issue's targets in brackets):
+  EAP (<= 3.5x), EAP-IG-inputs with 5 steps (<= 2m + 2.5 = 12.5x), one edge-patched
+  evaluation of a 5 % circuit, ablation forward included (<= 2.5x), one edge-pruning step
+  (patched forward and backward through a learned mask), and ACDC (KL, tau 1e-3): its edge
+  evaluations, forwards and time.
 - mechscope EAP (``mechscope_eap_scores``) vs TransformerLens 4's
   ``attribution_patch(..., EdgeAttributionConfig(granularity="edge"))`` run in .venv-peers
   (``bench/peers/circuits_peers.py``): Pearson r and max |diff| of the edge scores after
@@ -74,6 +79,48 @@ def mechscope_eap_scores(model, clean: torch.Tensor, corrupted: torch.Tensor, an
     pairs = PromptPairs(clean, corrupted, answers, wrong)
     result = eap(model, pairs)  # logit_diff per prompt; scores summed over prompts
     return result.scores / len(pairs), result.graph.src_names, result.graph.dst_names  # the mean metric's
+
+
+def own_costs(model, pairs: dict, forward_s: float, repeats: int) -> None:
+    """Rows of mechscope's EAP-IG, edge-patched evaluation, edge-pruning step and ACDC costs."""
+    import mechscope.circuits as C
+    from mechscope.causal.metrics import logit_diff
+    from mechscope.data.tasks import PromptPairs
+
+    p = PromptPairs(pairs["clean"], pairs["corrupted"], pairs["answers"], pairs["wrong"])
+    graph = C.Graph.from_model(model)
+
+    def row(name: str, seconds: float, target: str = "") -> None:
+        print(f"{name:34s} {seconds:8.3f} {seconds / forward_s:10.2f} {'':9s} {'':10s}   {target}")
+
+    row("mechscope EAP-IG-inputs, 5 steps", median_time(lambda: C.eap_ig(model, p, steps=5), repeats),
+        "[target <= 12.5]")
+    scores = C.eap(model, p)
+    W = C.pruned_weights(graph, scores.top_n(max(1, graph.n_edges // 20)).in_graph)
+
+    def patched_evaluation():
+        ablated = C.ablated_sources(model, graph, p.corrupted)
+        with torch.no_grad():
+            return C.patched_logits(model, graph, p.clean, ablated, W)
+
+    patched_evaluation()
+    row("one edge-patched evaluation (5 %)", median_time(patched_evaluation, max(repeats, 5)), "[target <= 2.5]")
+    ablated = C.ablated_sources(model, graph, p.corrupted)
+    log_alpha = torch.full((graph.n_src, graph.n_dst), 3.0, requires_grad=True)
+
+    def pruning_step():
+        z = C.sample_gates(log_alpha) * graph.real
+        with torch.enable_grad(), model.frozen():
+            logits = C.patched_logits(model, graph, p.clean, ablated, C.pruned_weights(graph, z[None]))
+            logit_diff(logits, p).sum().backward()
+
+    pruning_step()
+    row("one edge-pruning step (fwd + bwd)", median_time(pruning_step, max(repeats, 3)))
+    start = time.perf_counter()
+    circuit = C.acdc(model, p, 1e-3)
+    seconds = time.perf_counter() - start
+    print(f"{'mechscope ACDC (KL, tau 1e-3)':34s} {seconds:8.3f} {seconds / forward_s:10.2f}   "
+          f"{circuit.selection.split('; ')[1].rstrip(')')}, {circuit.n_edges} edges kept")
 
 
 # -- model and prompts ----------------------------------------------------------------------------
@@ -253,7 +300,8 @@ def main() -> None:
             hanna, _, _ = mechscope_eap_scores(model, pairs["clean"], pairs["corrupted"], pairs["answers"],
                                                pairs["wrong"])
             print(f"{'mechscope EAP':34s} {ms_s:8.3f} {ms_s / forward_s:10.2f} {ms_peak:9.1f} "
-                  f"{ms_peak * 1024 / tokens:10.1f}")
+                  f"{ms_peak * 1024 / tokens:10.1f}   [target <= 3.5]")
+            own_costs(model, pairs, forward_s, args.repeats)
 
         if args.no_peers:
             return

@@ -15,13 +15,16 @@ from .faithfulness import PERCENTS, evaluate_circuits, faithfulness
 from .graph import Graph
 from .interventions import (
     ABLATIONS,
+    CleanPrefix,
     EdgePatch,
     ablated_sources,
     buffer_bytes_per_token,
     patched_logits,
     pruned_weights,
     source_activations,
+    start_layer,
 )
+from .plot import curves_figure
 from .pruning import deterministic_gates, edge_pruning, open_probability, sample_gates
 from .result import Circuit, CircuitScores, FaithfulnessCurve
 from .selection import greedy, nodes_of, prune, threshold, top_n
@@ -33,6 +36,7 @@ __all__ = [
     "PERCENTS",
     "Circuit",
     "CircuitScores",
+    "CleanPrefix",
     "EdgePatch",
     "FaithfulnessCurve",
     "Graph",
@@ -43,6 +47,7 @@ __all__ = [
     "alphas",
     "attribute",
     "buffer_bytes_per_token",
+    "curves_figure",
     "deterministic_gates",
     "eap",
     "eap_ig",
@@ -62,6 +67,7 @@ __all__ = [
     "save_json",
     "save_pt",
     "source_activations",
+    "start_layer",
     "threshold",
     "to_dot",
     "to_eap_ig",

@@ -13,7 +13,10 @@ one before it is removed too. Walking the variants in order, each accepted remov
 next variant's comparison exact (its circuit is the current one minus one more edge); at the
 first rejected edge the later variants are stale and the walk restarts after it. The decisions
 are therefore exactly those of one-edge-at-a-time ACDC (tested), in far fewer forwards when
-most edges are removed, which is ACDC's usual regime. Under ``torchrun`` each rank runs a
+most edges are removed, which is ACDC's usual regime. Since every edge into an earlier layer is
+still in the circuit when a destination is tested, the run up to that destination's layer is the
+clean run: each forward starts there (`interventions.CleanPrefix`, `HookedModel.run_from`), and
+metrics that read only the answer positions get logits only there. Under ``torchrun`` each rank runs a
 contiguous share of the prompts and the metric sums are all-reduced before each decision.
 """
 
@@ -27,7 +30,7 @@ from ..causal.metrics import checked_metric, kl_to
 from ..data.tasks import PromptPairs
 from ..errors import SelectionError
 from .graph import Graph
-from .interventions import ablated_sources, patched_logits, pruned_weights
+from .interventions import CleanPrefix, ablated_sources, patched_logits, pruned_weights
 from .result import Circuit
 from .selection import nodes_of, prune
 from .sharding import local_pairs, summed
@@ -77,11 +80,18 @@ def acdc(model, pairs: PromptPairs, threshold: float, metric: Callable | None = 
         metric = checked_metric(metric)
         sign = -1.0 if higher_is_better else 1.0  # worsening = sign * (new - old)
         ablated = ablated_sources(model, graph, pairs.corrupted, ablation)
+        prefix = CleanPrefix(model, graph, pairs.clean, ablated)
+        answer_only = bool(getattr(metric, "reads_answer_only", False))
+        logits_at = pairs.answer_positions[:, None] if answer_only else None
 
         def evaluate(masks: list[torch.Tensor]) -> list[float]:
             W = pruned_weights(graph, torch.stack(masks).to(model.device))
-            logits = patched_logits(model, graph, pairs.clean, ablated, W, buffer_dtype=buffer_dtype)
-            values = metric(logits, pairs.tile(len(masks))).double().reshape(len(masks), -1).sum(-1)
+            logits = patched_logits(model, graph, pairs.clean, ablated, W, buffer_dtype=buffer_dtype,
+                                    logits_at=logits_at, prefix=prefix)
+            tiled = pairs.tile(len(masks))
+            if answer_only:  # the logits are [rows, 1, vocab]: at the answer positions alone
+                tiled.answer_positions = torch.zeros_like(tiled.answer_positions)
+            values = metric(logits, tiled).double().reshape(len(masks), -1).sum(-1)
             summed(values)  # every rank takes the same decisions
             return (values / n_total).tolist()
 

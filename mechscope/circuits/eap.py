@@ -228,7 +228,7 @@ def _gradient_pass(model, graph: Graph, tokens: torch.Tensor, pairs: PromptPairs
         for hook in backward:  # heads' shares must be on the path for their gradients to reach them
             if hook.endswith("attn.head_out"):
                 forward[hook] = _chain(forward.get(hook), lambda x, ctx: x.clone())
-    with torch.enable_grad(), model.hooks(forward, backward=backward):
+    with torch.enable_grad(), model.frozen(), model.hooks(forward, backward=backward):
         logits = model(tokens)
         metric(logits, pairs).float().sum().backward()
     return logits.detach()

@@ -107,7 +107,10 @@ class EdgePatch:
     """
 
     def __init__(self, graph: Graph, ablated: torch.Tensor, W: torch.Tensor, *,
-                 buffer_dtype: torch.dtype | None = None, spans: Spans | None = None, pieced: bool | None = None):
+                 buffer_dtype: torch.dtype | None = None, spans: Spans | None = None, pieced: bool | None = None,
+                 prefill: torch.Tensor | None = None):
+        """prefill: `[n, pos, n_pre, d]` the differences of sources ``[0, n_pre)`` for a forward
+        that starts after them (`CleanPrefix`): their hooks do not run, the buffer holds these."""
         self.graph, self.ablated, self.W, self.buffer_dtype = graph, ablated, W, buffer_dtype
         self.k = W.shape[0]
         self.differentiable = W.requires_grad
@@ -130,10 +133,11 @@ class EdgePatch:
         live = nonzero.any(dim=(0, 2)).cpu()
         self.live = live.nonzero()[:, 0]  # source indices, in forward order
         slot = torch.cumsum(live.long(), 0) - 1  # slot of each live source
+        n_pre = 0 if prefill is None else prefill.shape[2]
         self.source_hooks: dict[str, tuple[list[int], slice]] = {}
         for hook, idx in graph.source_groups().items():
             chosen = [i for i in idx if live[i]]
-            if chosen:
+            if chosen and idx[0] >= n_pre:
                 self.source_hooks[hook] = (chosen, slice(int(slot[chosen[0]]), int(slot[chosen[-1]]) + 1))
         # Destination hooks reading the same prefix (a layer's q, k and v inputs) share one matmul.
         spans: dict[int, list[int]] = {}
@@ -151,6 +155,16 @@ class EdgePatch:
         self.W_live = W[..., self.live.to(W.device), :]  # [k, (n_spans,) n_live, n_dst]
         self.buffer: torch.Tensor | None = None
         self.pieces: list[tuple[slice, torch.Tensor]] = []  # (buffer slots, [k, s, n, pos, d])
+        pre = self.live[self.live < n_pre]
+        if len(pre):  # the skipped sources' differences, source-major and tiled over the k variants
+            diff = prefill.index_select(2, pre.to(prefill.device)).permute(2, 0, 1, 3)[None]
+            diff = diff.expand(self.k, *diff.shape[1:]).to(buffer_dtype or prefill.dtype)
+            if self.pieced:
+                self.pieces.append((slice(0, len(pre)), diff))
+            else:
+                self.buffer = torch.empty((self.k, len(self.live), *diff.shape[2:]), dtype=diff.dtype,
+                                          device=diff.device)
+                self.buffer[:, : len(pre)] = diff
 
     def hooks(self) -> dict[str, Callable]:
         """Forward hooks (source hooks record, destination hooks rebuild; the names never overlap)."""
@@ -237,16 +251,54 @@ class EdgePatch:
         return delta
 
 
+class CleanPrefix:
+    """The clean run of ``tokens`` `[n, pos]`, so that a patched forward whose pruned edges all
+    enter layers ``>= L`` skips blocks ``0 .. L-1`` (they run exactly as in the clean run): its
+    residual before every block (``resid[l]`` `[n, pos, d]`) and its sources' differences from
+    the ablated ones (``diff`` `[n, pos, n_src, d]`)."""
+
+    def __init__(self, model, graph: Graph, tokens: torch.Tensor, ablated: torch.Tensor):
+        names = [f"blocks.{l}.resid_pre" for l in range(graph.n_layers)] + source_names(graph)
+        with torch.no_grad():
+            _, cache = model.run_with_cache(tokens, list(dict.fromkeys(names)))
+        self.tokens = tokens
+        self.resid = [cache[f"blocks.{l}.resid_pre"] for l in range(graph.n_layers)]
+        clean = stack_sources(graph, cache)
+        self.diff = clean - ablated.to(clean.device, clean.dtype).expand_as(clean)
+
+
+def start_layer(graph: Graph, W: torch.Tensor) -> int:
+    """The first block a patched forward with weights ``W`` must run: the layer of the first
+    destination with a pruned incoming edge (the last block when only the logits have one)."""
+    touched = (W.detach() != 0).flatten(0, -2).any(0).cpu()  # [n_dst]
+    if not bool(touched.any()):
+        return graph.n_layers - 1
+    first = int(touched.nonzero()[0, 0])
+    return min(graph.destinations[first].layer, graph.n_layers - 1)
+
+
 def patched_logits(model, graph: Graph, tokens: torch.Tensor, ablated: torch.Tensor, W: torch.Tensor, *,
                    buffer_dtype: torch.dtype | None = None, logits_at: torch.Tensor | None = None,
-                   spans: Spans | None = None) -> torch.Tensor:
+                   spans: Spans | None = None, prefix: CleanPrefix | None = None) -> torch.Tensor:
     """Logits `[k * n, pos, vocab]` of ``tokens`` `[n, pos]` with the ``k`` masks of ``W``
     `[k, n_src, n_dst]` (or position-aware `[k, n_spans, n_src, n_dst]` with the ``spans`` of
-    ``tokens``) applied (variant-major rows). Gradients flow to ``W`` when it needs them."""
+    ``tokens``) applied (variant-major rows). Gradients flow to ``W`` when it needs them.
+    logits_at: `[n, j]` positions to unembed (returns `[k * n, j, vocab]`). prefix: the clean
+    run of ``tokens`` (`CleanPrefix`): the forward then starts at `start_layer` instead of 0."""
     if spans is not None:
         spans.check(tokens)
-    patch = EdgePatch(graph, ablated, W, buffer_dtype=buffer_dtype, spans=spans, pieced=len(model.devices) > 1)
     k = W.shape[0]
     rows = tokens.repeat(k, 1)
+    at = None if logits_at is None else logits_at.repeat(k, 1)
+    start = 0 if prefix is None or W.requires_grad else start_layer(graph, W)
+    if start == 0:
+        patch = EdgePatch(graph, ablated, W, buffer_dtype=buffer_dtype, spans=spans, pieced=len(model.devices) > 1)
+        with model.hooks(patch.hooks()):
+            return model(rows, logits_at=at)
+    if prefix.tokens is not tokens and not torch.equal(prefix.tokens, tokens):
+        raise SelectionError("this CleanPrefix was recorded on other prompts")
+    n_pre = graph.src_index(start, 0)
+    patch = EdgePatch(graph, ablated, W, buffer_dtype=buffer_dtype, spans=spans, pieced=len(model.devices) > 1,
+                      prefill=prefix.diff[:, :, :n_pre])
     with model.hooks(patch.hooks()):
-        return model(rows, logits_at=None if logits_at is None else logits_at.repeat(k, 1))
+        return model.run_from(start, prefix.resid[start].repeat(k, 1, 1), rows, logits_at=at)

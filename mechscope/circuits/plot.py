@@ -71,3 +71,27 @@ def circuit_figure(graph: Graph, frame: pd.DataFrame, column: str, *, top: int =
     fig.update_layout(title={"text": title, "x": 0.01, "font": {"size": 14}}, template="plotly_white",
                       height=max(420, 50 * graph.n_heads + 160))
     return fig
+
+
+def curves_figure(curves: dict, ranking: str = "absolute", *, title: str = "") -> go.Figure:
+    """Faithfulness curves of several methods on one plot: ``curves`` maps a label to a
+    `FaithfulnessCurve`; each draws its ``ranking`` curve (bootstrap intervals as error bars),
+    and the first one's random baseline is drawn dotted."""
+    fig = go.Figure()
+    for i, (label, curve) in enumerate(curves.items()):
+        row = curve.RANKINGS.index(ranking)
+        values, ci = curve.values[row].numpy(), curve.ci[row].numpy()
+        fig.add_trace(go.Scatter(
+            x=curve.percents, y=values, name=str(label), mode="lines+markers",
+            error_y={"type": "data", "symmetric": False, "array": ci[:, 1] - values, "arrayminus": values - ci[:, 0]},
+            customdata=np.asarray(curve.n_edges)[:, None],
+            hovertemplate=f"{label}<br>%{{x}}% of edges (%{{customdata[0]}})<br>f: %{{y:.4g}}<extra></extra>"))
+        if i == 0:
+            random = curve.values[curve.RANKINGS.index("random")].numpy()
+            fig.add_trace(go.Scatter(x=curve.percents, y=random, name="random edges", mode="lines",
+                                     line={"dash": "dot", "color": "gray"}))
+    fig.add_hline(y=1.0, line={"color": "gray", "width": 1, "dash": "dot"})
+    fig.update_xaxes(type="log", title_text="% of edges")
+    fig.update_yaxes(title_text=f"faithfulness ({ranking} ranking)")
+    fig.update_layout(title=title or f"faithfulness by method ({ranking} ranking)", height=460)
+    return fig

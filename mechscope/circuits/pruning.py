@@ -10,7 +10,7 @@ Each real edge has a logit ``log_alpha``; a training step draws the gates
 clean prompts with each edge carrying ``z`` of its current value and ``1 - z`` of its ablated one
 (`interventions.EdgePatch` with ``W = 1 - z``, gradients flowing to ``log_alpha``). The loss is
 
-    objective + lambda_1 (d - t) + lambda_2 (d - t)^2
+    objective + lambda_1 g + lambda_2 g^2,        g = (d - t) * n_edges / 1000
 
 with ``d`` the expected density (the mean over real edges of P(z > 0) =
 ``sigmoid(log_alpha - beta log(-gamma / zeta))``) and ``t`` the target density, ramped
@@ -68,8 +68,8 @@ def open_probability(log_alpha: torch.Tensor) -> torch.Tensor:
 
 
 def edge_pruning(model, pairs: PromptPairs, metric: Callable | None = None, *, sparsity: float = 0.95,
-                 steps: int = 400, lr: float = 0.1, lagrangian_lr: float = 0.1, warmup: int | None = None,
-                 init: float = 3.0, ablation: str = "corrupted", batch_size: int | None = None, seed: int = 0,
+                 steps: int = 400, lr: float = 0.3, lagrangian_lr: float = 0.5, warmup: int | None = None,
+                 init: float = 1.0, ablation: str = "corrupted", batch_size: int | None = None, seed: int = 0,
                  out: str | Path | None = None, resume: bool = False, checkpoint_every: int = 100,
                  progress: bool = True, buffer_dtype: torch.dtype | None = None,
                  on_checkpoint: Callable[[int], None] | None = None) -> CircuitScores:
@@ -80,7 +80,9 @@ def edge_pruning(model, pairs: PromptPairs, metric: Callable | None = None, *, s
     steps: optimisation steps; each is one patched forward and backward of one chunk of
       ``batch_size`` prompts (chunks in turn). warmup: steps over which the target density
       falls to ``1 - sparsity`` (default half of ``steps``). init: the logits' starting value
-      (every edge open). out / resume / checkpoint_every / on_checkpoint: checkpoints, as in
+      (every edge open). lr / lagrangian_lr: Adam's step sizes for the logits and for the
+      multipliers; the constraint ``g`` counts thousands of expected open edges above the
+      target, so each gate feels it alike on graphs of 100 or 70,000 edges. out / resume / checkpoint_every / on_checkpoint: checkpoints, as in
       `TrainingLoop` (a resumed run ends with the logits of an uninterrupted one).
     Returns `CircuitScores` of kind "keep" (``scores``: log_alpha `[n_src, n_dst]`, 0 off the
     real edges); ``.threshold(0.0)`` is the learned circuit.
@@ -95,6 +97,7 @@ def edge_pruning(model, pairs: PromptPairs, metric: Callable | None = None, *, s
     task = None if metric is None else checked_metric(metric)
     graph = Graph.from_model(model)
     real = graph.real.to(model.device)
+    n_edges = graph.n_edges
     warmup = steps // 2 if warmup is None else warmup
     n_total, local = len(pairs), local_pairs(pairs)
     prepared, clean, corrupted = _prepare(model, graph, local, task, ablation, batch_size, n_total)
@@ -119,12 +122,12 @@ def edge_pruning(model, pairs: PromptPairs, metric: Callable | None = None, *, s
         chunk, ablated, objective = prepared[index % len(prepared)]
         z = sample_gates(log_alpha, step_generator(seed, index)) * real
         W = pruned_weights(graph, z[None])
-        with torch.enable_grad():
+        with torch.enable_grad(), model.frozen():
             logits = patched_logits(model, graph, chunk.clean, ablated, W, buffer_dtype=buffer_dtype)
             loss = objective(logits).mean()
             density = open_probability(log_alpha)[real].mean()
             target = 1.0 - sparsity * min(1.0, (index + 1) / max(warmup, 1))
-            gap = density - target
+            gap = (density - target) * n_edges / 1000  # thousands of expected open edges above the target
             total = loss + lambdas[0] * gap + lambdas[1] * gap * gap
             optimizer.zero_grad(set_to_none=True)
             total.backward()

@@ -288,6 +288,20 @@ class HookedModel(nn.Module):
                                 f"or a predicate fn(name) -> bool; got {type(key).__name__} {key!r}")
 
     @contextmanager
+    def frozen(self) -> Iterator[HookedModel]:
+        """Parameters without gradients for the ``with`` block (restored after): backward passes
+        then compute activation gradients only, faster, and never touch ``param.grad``. Models
+        from `mechscope.load` are frozen already; this covers wrapped models that are not."""
+        trainable = [p for p in self.hf.parameters() if p.requires_grad]
+        for param in trainable:
+            param.requires_grad_(False)
+        try:
+            yield self
+        finally:
+            for param in trainable:
+                param.requires_grad_(True)
+
+    @contextmanager
     def hooks(self, forward: HookSpec | None = None, *, backward: HookSpec | None = None) -> Iterator[HookedModel]:
         """Activate hooks for the duration of the ``with`` block.
 

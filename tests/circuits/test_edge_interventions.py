@@ -11,6 +11,7 @@ from helpers import pairs_for, two_forward_edge_patch
 
 import mechscope.circuits as C
 from mechscope.causal.metrics import logit_diff
+from mechscope.errors import MechscopeError
 
 _BUILT: dict = {}
 
@@ -156,3 +157,29 @@ def test_pieced_buffers_equal_the_contiguous_buffer():
             assert (patch.buffer is None) == pieced and bool(patch.pieces) == pieced
         assert torch.allclose(outputs[0], outputs[1], atol=1e-5)
     assert model.devices == [torch.device("cpu")]
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_patched_forward_from_the_clean_prefix_is_the_whole_forward(family):
+    """With pruned edges only into layer 1 and the logits, starting at layer 1 on the clean
+    run's residual (CleanPrefix) gives the full patched forward's logits; with logits_at too."""
+    tiny = _tiny(family)
+    model, pairs = tiny.model, pairs_for(tiny.tokens)
+    graph = C.Graph.from_model(model)
+    ablated = C.ablated_sources(model, graph, pairs.corrupted)
+    prefix = C.CleanPrefix(model, graph, pairs.clean, ablated)
+    late = torch.tensor([d.layer >= 1 for d in graph.destinations])
+    drop = torch.rand(3, *graph.real.shape, generator=torch.Generator().manual_seed(5)) < 0.4
+    keep = graph.real & ~(drop & late[None, None, :])
+    only_logits = graph.real.clone()
+    only_logits[: graph.src_index(0, 2), -1] = False
+    at = pairs.answer_positions[:, None]
+    for masks, start in [(keep, 1), (only_logits[None], 1), (graph.real & ~drop, 0)]:
+        W = C.pruned_weights(graph, masks)
+        assert C.start_layer(graph, W) == start
+        with torch.no_grad():
+            whole = C.patched_logits(model, graph, pairs.clean, ablated, W, logits_at=at)
+            skipped = C.patched_logits(model, graph, pairs.clean, ablated, W, logits_at=at, prefix=prefix)
+        assert torch.allclose(whole, skipped, atol=1e-5), start
+    with pytest.raises(MechscopeError, match="other prompts"):
+        C.patched_logits(model, graph, pairs.corrupted, ablated, C.pruned_weights(graph, keep), prefix=prefix)

@@ -52,3 +52,22 @@ def test_tables_and_selections():
                                                "m1->logits"}
     with pytest.raises(SelectionError, match="node scores"):
         node.greedy(3)
+
+
+def test_curves_of_several_methods_on_one_plot():
+    from mechscope.circuits import FaithfulnessCurve, curves_figure
+
+    def curve(method: str, shift: float) -> FaithfulnessCurve:
+        values = torch.tensor([[0.2, 0.6, 1.0], [0.1 + shift, 0.5, 1.0], [0.0, 0.1, 1.0]])
+        ci = torch.stack([values - 0.05, values + 0.05], -1)
+        areas = {r: (0.5, 0.5) for r in FaithfulnessCurve.RANKINGS}
+        return FaithfulnessCurve([1.0, 10.0, 100.0], [1, 10, 100], values, ci, areas,
+                                 {r: ((0, 1), (0, 1)) for r in areas}, method, "m", "corrupted", 4, 1.0, 0.0)
+
+    fig = curves_figure({"EAP": curve("EAP", 0.0), "pruning": curve("edge-pruning", 0.2)})
+    named = {t.name: t for t in fig.data}
+    assert set(named) == {"EAP", "pruning", "random edges"}
+    assert list(named["pruning"].y) == pytest.approx([0.3, 0.5, 1.0])  # the absolute ranking by default
+    assert list(named["random edges"].y) == pytest.approx([0.0, 0.1, 1.0])
+    assert list(named["EAP"].error_y.array) == pytest.approx([0.05, 0.05, 0.05])
+    assert fig.layout.xaxis.type == "log"

@@ -56,3 +56,26 @@ def test_backward_hooks_need_grad_mode(tiny):
         with pytest.raises(ms.MechscopeError, match="grad mode is off"):
             with torch.no_grad():
                 tiny.model(tiny.tokens)
+
+
+def test_frozen_parameters_for_activation_gradients(tiny):
+    """``model.frozen()`` switches parameter gradients off for the block and back on after
+    (only for those that had them), and activation gradients still flow; the circuit methods'
+    backward passes use it, so they leave ``param.grad`` alone on an unfrozen model."""
+    model = tiny.model
+    params = list(model.hf.parameters())
+    before = [p.requires_grad for p in params]
+    assert any(before)  # the tiny fixtures wrap unfrozen HF models
+    grads = {}
+    with model.frozen():
+        assert not any(p.requires_grad for p in params)
+        with torch.enable_grad(), model.hooks(backward={"blocks.0.resid_post": lambda g, ctx: grads.setdefault("g", g)}):
+            model(tiny.tokens).float().logsumexp(-1).sum().backward()
+    assert grads["g"].shape[:2] == tiny.tokens.shape
+    assert [p.requires_grad for p in params] == before
+    assert all(p.grad is None for p in params)
+    from mechscope.circuits import eap
+    from mechscope.data.tasks import PromptPairs
+
+    eap(model, PromptPairs(tiny.tokens, tiny.tokens.flip(0), tiny.tokens[:, 0], tiny.tokens[:, 1]))
+    assert all(p.grad is None for p in params)
