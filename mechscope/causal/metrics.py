@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable
 
@@ -56,6 +57,16 @@ def reads_answer_only(metric):
     `[batch, 1, vocab]` with the answer positions set to 0. The built-in metrics declare it."""
     metric.reads_answer_only = True
     return metric
+
+
+def answer_logits_view(metric, pairs: PromptPairs) -> tuple[torch.Tensor | None, PromptPairs]:
+    """``(logits_at, pairs for the metric)``: for a metric that `reads_answer_only`, the answer
+    positions `[n, 1]` to unembed at and a copy of ``pairs`` whose answer positions are 0 (the
+    logits then are `[n, 1, vocab]`); ``(None, pairs)`` for any other metric."""
+    if not getattr(metric, "reads_answer_only", False):
+        return None, pairs
+    view = dataclasses.replace(pairs, answer_positions=torch.zeros_like(pairs.answer_positions))
+    return pairs.answer_positions[:, None], view
 
 
 def _last(logits: torch.Tensor, pairs: PromptPairs) -> torch.Tensor:

@@ -26,7 +26,7 @@ from collections.abc import Callable
 
 import torch
 
-from ..causal.metrics import checked_metric, kl_to
+from ..causal.metrics import answer_logits_view, checked_metric, kl_to
 from ..data.tasks import PromptPairs
 from ..errors import SelectionError
 from .graph import Graph
@@ -81,17 +81,13 @@ def acdc(model, pairs: PromptPairs, threshold: float, metric: Callable | None = 
         sign = -1.0 if higher_is_better else 1.0  # worsening = sign * (new - old)
         ablated = ablated_sources(model, graph, pairs.corrupted, ablation)
         prefix = CleanPrefix(model, graph, pairs.clean, ablated)
-        answer_only = bool(getattr(metric, "reads_answer_only", False))
-        logits_at = pairs.answer_positions[:, None] if answer_only else None
+        logits_at, view = answer_logits_view(metric, pairs)  # answer-only metrics: unembed there alone
 
         def evaluate(masks: list[torch.Tensor]) -> list[float]:
             W = pruned_weights(graph, torch.stack(masks).to(model.device))
             logits = patched_logits(model, graph, pairs.clean, ablated, W, buffer_dtype=buffer_dtype,
                                     logits_at=logits_at, prefix=prefix)
-            tiled = pairs.tile(len(masks))
-            if answer_only:  # the logits are [rows, 1, vocab]: at the answer positions alone
-                tiled.answer_positions = torch.zeros_like(tiled.answer_positions)
-            values = metric(logits, tiled).double().reshape(len(masks), -1).sum(-1)
+            values = metric(logits, view.tile(len(masks))).double().reshape(len(masks), -1).sum(-1)
             summed(values)  # every rank takes the same decisions
             return (values / n_total).tolist()
 

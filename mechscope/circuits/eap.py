@@ -34,7 +34,7 @@ from collections.abc import Callable
 
 import torch
 
-from ..causal.metrics import checked_metric, logit_diff
+from ..causal.metrics import answer_logits_view, checked_metric, logit_diff
 from ..causal.patching import run_and_source
 from ..data.tasks import PromptPairs
 from ..distributed import shard
@@ -96,23 +96,25 @@ def attribute(model, pairs: PromptPairs, metric: Metric = logit_diff, *, method:
     clean_total = corrupted_total = 0.0
     for where, chunk in zip(chunk_rows(len(pairs), batch_size), chunks(pairs, batch_size)):
         layout = None if spans is None else SpanLayout(spans.rows(where))
+        at, view = answer_logits_view(metric, chunk)  # answer-only metrics: unembed there alone
         if ablation == "corrupted":
-            corrupted_logits, ablated = source_activations(model, graph, chunk.corrupted)
+            corrupted_logits, ablated = source_activations(model, graph, chunk.corrupted, logits_at=at)
         else:
             with torch.no_grad():
-                corrupted_logits = model(chunk.corrupted)
+                corrupted_logits = model(chunk.corrupted, logits_at=at)
             ablated = mean if ablation == "mean" else ablated_sources(model, graph, chunk.corrupted, "zero")
-        corrupted_total += float(metric(corrupted_logits, chunk).float().sum())
+        corrupted_total += float(metric(corrupted_logits, view).float().sum())
         if method == "EAP":  # the clean sources are recorded in the gradient pass's own forward
             diff = Difference(graph, ablated, layout=layout)
-            logits = _gradient_pass(model, graph, chunk.clean, chunk, metric, diff, scores, 1.0, diff.recorders(), None)
-            clean_total += float(metric(logits, chunk).float().sum())
+            logits = _gradient_pass(model, graph, chunk.clean, view, metric, diff, scores, 1.0, diff.recorders(), None,
+                                    at)
+            clean_total += float(metric(logits, view).float().sum())
             continue
-        clean_logits, clean = source_activations(model, graph, chunk.clean)
-        clean_total += float(metric(clean_logits, chunk).float().sum())
+        clean_logits, clean = source_activations(model, graph, chunk.clean, logits_at=at)
+        clean_total += float(metric(clean_logits, view).float().sum())
         diff = Difference(graph, ablated, clean, layout=layout)
         for tokens, weight, hooks, rows in _schedule(graph, chunk, method, steps, rule, clean, ablated):
-            _gradient_pass(model, graph, tokens, chunk, metric, diff, scores, weight, hooks, rows)
+            _gradient_pass(model, graph, tokens, view, metric, diff, scores, weight, hooks, rows, at)
     totals = torch.tensor([clean_total, corrupted_total], dtype=torch.float64, device=model.device)
     summed(scores, totals)
     clean_mean, corrupted_mean = (totals / n_total).tolist()
@@ -215,7 +217,7 @@ def _shifted(shift: torch.Tensor, by: float) -> Callable:
 
 def _gradient_pass(model, graph: Graph, tokens: torch.Tensor, pairs: PromptPairs, metric: Metric,
                    diff: Difference, scores: torch.Tensor, weight: float, forward: dict,
-                   rows: slice | None) -> torch.Tensor:
+                   rows: slice | None, logits_at: torch.Tensor | None = None) -> torch.Tensor:
     """One forward + backward of ``metric`` summed over prompts, adding ``weight`` times the
     kernel at every destination (edge level) or source (node level) into ``scores``. Returns
     the pass's logits (detached)."""
@@ -229,7 +231,7 @@ def _gradient_pass(model, graph: Graph, tokens: torch.Tensor, pairs: PromptPairs
             if hook.endswith("attn.head_out"):
                 forward[hook] = _chain(forward.get(hook), lambda x, ctx: x.clone())
     with torch.enable_grad(), model.frozen(), model.hooks(forward, backward=backward):
-        logits = model(tokens)
+        logits = model(tokens, logits_at=logits_at)
         metric(logits, pairs).float().sum().backward()
     return logits.detach()
 

@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
-from ..causal.metrics import checked_metric, logit_diff
+from ..causal.metrics import answer_logits_view, checked_metric, logit_diff
 from ..data.tasks import PromptPairs
 from ..distributed import shard
 from ..errors import SelectionError
@@ -155,15 +155,16 @@ def _evaluate(model, graph, pairs, metric, masks, ablation, batch_size, variants
     with torch.no_grad():
         for rows, chunk in zip(chunk_rows(len(pairs), batch_size), chunks(pairs, batch_size)):
             ablated = mean if mean is not None else ablated_sources(model, graph, chunk.corrupted, ablation)
-            full.append(metric(model(chunk.clean), chunk).float().cpu())
+            at, view = answer_logits_view(metric, chunk)  # answer-only metrics: unembed there alone
+            full.append(metric(model(chunk.clean, logits_at=at), view).float().cpu())
             chunk_spans = None if spans is None else spans.rows(rows)
             values = []
             for i in range(0, len(masks), variants_per_pass):
                 stack = torch.stack(masks[i:i + variants_per_pass])
                 W = pruned_weights(graph, stack.to(model.device), spans=None if spans is None else len(spans))
                 logits = patched_logits(model, graph, chunk.clean, ablated, W, buffer_dtype=buffer_dtype,
-                                        spans=chunk_spans)
-                values.append(metric(logits, chunk.tile(len(stack))).float().cpu().reshape(len(stack), -1))
+                                        spans=chunk_spans, logits_at=at)
+                values.append(metric(logits, view.tile(len(stack))).float().cpu().reshape(len(stack), -1))
             out.append(torch.cat(values))
     circuits, clean = gathered(torch.cat(out, dim=1).to(model.device)), gathered(torch.cat(full).to(model.device))
     return circuits.cpu().double().numpy(), clean.cpu().double().numpy()

@@ -50,11 +50,12 @@ def source_names(graph: Graph) -> list[str]:
     return list(graph.source_groups())
 
 
-def source_activations(model, graph: Graph, tokens: torch.Tensor, *, dtype: torch.dtype | None = None
-                       ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(logits, sources [n, pos, n_src, d_model])`` of one plain forward of ``tokens``."""
+def source_activations(model, graph: Graph, tokens: torch.Tensor, *, dtype: torch.dtype | None = None,
+                       logits_at: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(logits, sources [n, pos, n_src, d_model])`` of one plain forward of ``tokens``
+    (logits at ``logits_at`` `[n, j]` only, when given)."""
     with torch.no_grad():
-        logits, cache = model.run_with_cache(tokens, source_names(graph), dtype=dtype)
+        logits, cache = model.run_with_cache(tokens, source_names(graph), dtype=dtype, logits_at=logits_at)
     return logits, stack_sources(graph, cache)
 
 

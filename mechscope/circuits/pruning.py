@@ -36,7 +36,7 @@ from pathlib import Path
 
 import torch
 
-from ..causal.metrics import checked_metric, kl_to
+from ..causal.metrics import answer_logits_view, checked_metric, kl_to
 from ..causal.patching import run_and_source
 from ..data.tasks import PromptPairs
 from ..distributed import average_gradients
@@ -119,11 +119,11 @@ def edge_pruning(model, pairs: PromptPairs, metric: Callable | None = None, *, s
             lambdas.copy_(restored["lambdas"])
 
     def step(index: int) -> dict[str, str]:
-        chunk, ablated, objective = prepared[index % len(prepared)]
+        chunk, ablated, objective, at = prepared[index % len(prepared)]
         z = sample_gates(log_alpha, step_generator(seed, index)) * real
         W = pruned_weights(graph, z[None])
         with torch.enable_grad(), model.frozen():
-            logits = patched_logits(model, graph, chunk.clean, ablated, W, buffer_dtype=buffer_dtype)
+            logits = patched_logits(model, graph, chunk.clean, ablated, W, buffer_dtype=buffer_dtype, logits_at=at)
             loss = objective(logits).mean()
             density = open_probability(log_alpha)[real].mean()
             target = 1.0 - sparsity * min(1.0, (index + 1) / max(warmup, 1))
@@ -146,7 +146,7 @@ def edge_pruning(model, pairs: PromptPairs, metric: Callable | None = None, *, s
 
 def _prepare(model, graph: Graph, pairs: PromptPairs, task, ablation: str, batch_size: int | None, n_total: int):
     """``(chunks, clean mean, corrupted mean)``: per chunk of this rank's prompts ``pairs``
-    ``(pairs, ablated sources, objective: logits -> [n])``, computed once before training, and
+    ``(pairs, ablated sources, objective: logits -> [n], positions to unembed or None)``, computed once before training, and
     the mean metric of the clean and the corrupted runs over every rank's prompts (for the KL:
     0 and the corrupted run's KL)."""
     mean = mean_sources(model, graph, pairs, batch_size, n_total) if ablation == "mean" else None
@@ -158,7 +158,8 @@ def _prepare(model, graph: Graph, pairs: PromptPairs, task, ablation: str, batch
     for chunk, ablated, clean_logits, corrupted_logits in runs:
         if task is None:
             kl = kl_to(clean_logits, chunk)
-            out.append((chunk, ablated, _bind(kl, chunk)))
+            at, view = answer_logits_view(kl, chunk)  # the KL reads the answer position alone
+            out.append((chunk, ablated, _bind(kl, view), at))
             clean_m.append(torch.zeros(len(chunk)))
             corrupted_m.append(kl(corrupted_logits, chunk).float().cpu())
         else:
@@ -174,7 +175,8 @@ def _prepare(model, graph: Graph, pairs: PromptPairs, task, ablation: str, batch
         for chunk, ablated, _, _ in runs:
             full = clean[offset : offset + len(chunk)]
             offset += len(chunk)
-            out.append((chunk, ablated, _deviation(task, chunk, full, scale)))
+            at, view = answer_logits_view(task, chunk)
+            out.append((chunk, ablated, _deviation(task, view, full, scale), at))
     return out, float(every_clean.mean()), float(every_corrupted.mean())
 
 

@@ -126,3 +126,22 @@ def test_zero_and_mean_ablation_scores():
     assert torch.allclose(C.eap(model, one, ablation="mean").scores, C.eap(model, one).scores, atol=1e-5)
     zero = C.eap(model, pairs, ablation="zero")
     assert zero.ablation == "zero" and not torch.allclose(zero.scores, C.eap(model, pairs).scores)
+
+
+def test_answer_only_metrics_unembed_at_the_answer_alone():
+    """logit_diff reads only the answer position, so scores and faithfulness unembed there alone;
+    the same metric without that declaration (full logits) gives the same numbers."""
+    model, pairs = _setup("llama")
+
+    def full_logit_diff(logits, pairs):  # not declared reads_answer_only
+        return logit_diff(logits, pairs)
+
+    for method in ("EAP", "EAP-IG-inputs"):
+        fast, slow = C.attribute(model, pairs, method=method, steps=2), C.attribute(model, pairs, full_logit_diff,
+                                                                                 method=method, steps=2)
+        assert torch.allclose(fast.scores, slow.scores, atol=1e-5 * float(slow.scores.abs().max()))
+        assert fast.corrupted_metric == pytest.approx(slow.corrupted_metric, abs=1e-5)
+    circuit = [fast.top_n(40).in_graph]
+    a, _ = C.evaluate_circuits(model, fast.graph, pairs, logit_diff, circuit)
+    b, _ = C.evaluate_circuits(model, fast.graph, pairs, full_logit_diff, circuit)
+    assert abs(a - b).max() < 1e-5

@@ -77,9 +77,9 @@ def test_two_gloo_ranks_match_one_process(tmp_path):
                                        rtol=1e-5, atol=1e-6)
     scores = C.eap(tiny.model, pairs)
     curve = C.faithfulness(tiny.model, pairs, scores, percents=(5, 20, 50, 100), n_bootstrap=50)
-    torch.testing.assert_close(ranks["f"], curve.values, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(ranks["f"], curve.values, rtol=1e-5, atol=1e-5)  # f is O(1)
     # the gathered per-prompt values come back in prompt order: the bootstrap resamples agree too
-    torch.testing.assert_close(ranks["ci"], curve.ci, rtol=1e-5, atol=1e-6, equal_nan=True)
+    torch.testing.assert_close(ranks["ci"], curve.ci, rtol=1e-5, atol=1e-5, equal_nan=True)
     assert torch.equal(ranks["acdc"], C.acdc(tiny.model, pairs, 0.05, logit_diff).in_graph)
 
 
