@@ -8,7 +8,8 @@ prompts. Rows:
 
 - mechscope's own costs as multiples of one plain forward (the issue's targets in brackets):
   EAP (<= 3.5x), EAP-IG-inputs with 5 steps (<= 2m + 2.5 = 12.5x), one edge-patched
-  evaluation of a 5 % circuit, ablation forward included (<= 2.5x), one edge-pruning step
+  evaluation of a 5 % circuit as faithfulness runs it (the ablation forward, which stops after
+  the last block, and the patched forward with logits at the answer; <= 2.5x), one edge-pruning step
   (patched forward and backward through a learned mask), and ACDC (KL, tau 1e-3): its edge
   evaluations, forwards and time.
 - mechscope EAP (``mechscope_eap_scores``) vs TransformerLens 4's
@@ -98,10 +99,12 @@ def own_costs(model, pairs: dict, forward_s: float, repeats: int) -> None:
     scores = C.eap(model, p)
     W = C.pruned_weights(graph, scores.top_n(max(1, graph.n_edges // 20)).in_graph)
 
+    at = p.answer_positions[:, None]  # what faithfulness does for logit_diff (an answer-only metric)
+
     def patched_evaluation():
         ablated = C.ablated_sources(model, graph, p.corrupted)
         with torch.no_grad():
-            return C.patched_logits(model, graph, p.clean, ablated, W)
+            return C.patched_logits(model, graph, p.clean, ablated, W, logits_at=at)
 
     patched_evaluation()
     row("one edge-patched evaluation (5 %)", median_time(patched_evaluation, max(repeats, 5)), "[target <= 2.5]")

@@ -136,8 +136,10 @@ if TYPE_CHECKING:  # what the names are, for type checkers and IDEs
     from .causal.path_patching import path_patching
     from .causal.result import PatchingResult
     from .causal.tracing import CausalTrace, causal_trace
+    from .circuits.acdc import acdc
     from .circuits.eap import eap, eap_ig
     from .circuits.faithfulness import faithfulness
+    from .circuits.pruning import edge_pruning
     from .circuits.result import Circuit, CircuitScores, FaithfulnessCurve
     from .data.facts import FactPrompt, fact_prompts, make_fact
     from .data.greater_than import GreaterThanTask, greater_than, greater_than_prob_diff
@@ -224,6 +226,7 @@ __all__ = [
     "__version__",
     "ablate",
     "ablation_hooks",
+    "acdc",
     "activation_patching",
     "adapters",
     "answer_logprob",
@@ -239,6 +242,7 @@ __all__ = [
     "direct_logit_attribution",
     "eap",
     "eap_ig",
+    "edge_pruning",
     "evaluate_sae",
     "extend",
     "fact_prompts",

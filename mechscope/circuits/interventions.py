@@ -68,7 +68,10 @@ def ablated_sources(model, graph: Graph, corrupted: torch.Tensor, ablation: str 
         raise SelectionError(f"ablation must be one of {ABLATIONS}, got {ablation!r}")
     if ablation == "zero":
         return torch.zeros(1, 1, graph.n_src, graph.cfg["d_model"], dtype=dtype or model.dtype, device=model.device)
-    _, acts = source_activations(model, graph, corrupted if reference is None else reference, dtype=dtype)
+    with torch.no_grad():  # the sources alone: the forward stops after the last block (no logits)
+        _, cache = model.run_with_cache(corrupted if reference is None else reference, source_names(graph),
+                                        dtype=dtype, stop_early=True)
+    acts = stack_sources(graph, cache)
     return acts.mean(0, keepdim=True) if ablation == "mean" else acts
 
 
