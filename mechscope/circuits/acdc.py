@@ -72,15 +72,14 @@ def acdc(model, pairs: PromptPairs, threshold: float, metric: Callable | None = 
     graph = Graph.from_model(model)
     n_total, pairs = len(pairs), local_pairs(pairs)
     with torch.no_grad():
-        clean_logits = model(pairs.clean)
+        ablated = ablated_sources(model, graph, pairs.corrupted, ablation)
+        prefix = CleanPrefix(model, graph, pairs.clean, ablated)  # one clean forward, its logits kept
         if metric is None:
-            metric, higher_is_better = kl_to(clean_logits, pairs), bool(higher_is_better)
+            metric, higher_is_better = kl_to(prefix.logits, pairs), bool(higher_is_better)
         elif higher_is_better is None:
             higher_is_better = True
         metric = checked_metric(metric)
         sign = -1.0 if higher_is_better else 1.0  # worsening = sign * (new - old)
-        ablated = ablated_sources(model, graph, pairs.corrupted, ablation)
-        prefix = CleanPrefix(model, graph, pairs.clean, ablated)
         logits_at, view = answer_logits_view(metric, pairs)  # answer-only metrics: unembed there alone
 
         def evaluate(masks: list[torch.Tensor]) -> list[float]:

@@ -115,7 +115,7 @@ class EdgePatch:
                  prefill: torch.Tensor | None = None):
         """prefill: `[n, pos, n_pre, d]` the differences of sources ``[0, n_pre)`` for a forward
         that starts after them (`CleanPrefix`): their hooks do not run, the buffer holds these."""
-        self.graph, self.ablated, self.W, self.buffer_dtype = graph, ablated, W, buffer_dtype
+        self.graph, self.ablated, self.buffer_dtype = graph, ablated, buffer_dtype
         self.k = W.shape[0]
         self.differentiable = W.requires_grad
         self.pieced = self.differentiable if pieced is None else pieced or self.differentiable
@@ -258,13 +258,13 @@ class EdgePatch:
 class CleanPrefix:
     """The clean run of ``tokens`` `[n, pos]`, so that a patched forward whose pruned edges all
     enter layers ``>= L`` skips blocks ``0 .. L-1`` (they run exactly as in the clean run): its
-    residual before every block (``resid[l]`` `[n, pos, d]`) and its sources' differences from
-    the ablated ones (``diff`` `[n, pos, n_src, d]`)."""
+    residual before every block (``resid[l]`` `[n, pos, d]`), its sources' differences from
+    the ablated ones (``diff`` `[n, pos, n_src, d]`) and its ``logits`` `[n, pos, vocab]`."""
 
     def __init__(self, model, graph: Graph, tokens: torch.Tensor, ablated: torch.Tensor):
         names = [f"blocks.{l}.resid_pre" for l in range(graph.n_layers)] + source_names(graph)
         with torch.no_grad():
-            _, cache = model.run_with_cache(tokens, list(dict.fromkeys(names)))
+            self.logits, cache = model.run_with_cache(tokens, list(dict.fromkeys(names)))
         self.tokens = tokens
         self.resid = [cache[f"blocks.{l}.resid_pre"] for l in range(graph.n_layers)]
         clean = stack_sources(graph, cache)

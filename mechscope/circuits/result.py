@@ -259,10 +259,10 @@ class Circuit(_GraphTables, Result):
     selection: str = ""
     spans: list | None = None
 
-    level = "edge"
+    level = "edge"  # a circuit is a set of edges (node-level selections keep the edges among their nodes)
 
     def __post_init__(self) -> None:
-        _check_span_axis(self.in_graph, self.spans, "in_graph")  # a circuit is a set of edges (node-level selections keep the edges among their nodes)
+        _check_span_axis(self.in_graph, self.spans, "in_graph")
 
     def to_dataframe(self) -> pd.DataFrame:
         return self._frame()

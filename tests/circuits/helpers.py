@@ -45,10 +45,11 @@ def linear_model(seed: int = 0) -> ms.HookedModel:
 
 
 def two_forward_edge_patch(model, graph: Graph, pairs: PromptPairs, src: int, dst: int, metric,
-                           scale: float = 1.0) -> torch.Tensor:
+                           scale: float = 1.0, where: torch.Tensor | None = None) -> torch.Tensor:
     """metric `[n]` of the clean run with edge src -> dst patched, the textbook way: record the
     source's output in the clean and the corrupted run, then rerun the clean prompts adding
-    ``scale * (corrupted - clean)`` of that source to that destination's input alone."""
+    ``scale * (corrupted - clean)`` of that source to that destination's input alone (at the
+    positions ``where`` `[n, pos]` only, when given)."""
     s, d = graph.sources[src], graph.destinations[dst]
     with torch.no_grad():
         _, clean = model.run_with_cache(pairs.clean, s.hook)
@@ -57,6 +58,8 @@ def two_forward_edge_patch(model, graph: Graph, pairs: PromptPairs, src: int, ds
     if s.head is not None:
         a, b = a[:, :, s.head], b[:, :, s.head]
     shift = scale * (b - a)
+    if where is not None:
+        shift = shift * where[:, :, None].to(shift.dtype)
     key = d.hook if d.head is None else ms.at(d.hook, heads=d.head)
     with torch.no_grad(), model.hooks({key: lambda x, ctx: x + shift}):
         return metric(model(pairs.clean), pairs)

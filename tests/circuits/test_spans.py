@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import build_tiny
-from helpers import linear_model, pairs_for
+from helpers import linear_model, pairs_for, two_forward_edge_patch
 
 import mechscope as ms
 import mechscope.circuits as C
@@ -24,19 +24,8 @@ def llama():
 
 
 def patch_at(model, graph, pairs, src: int, dst: int, where: torch.Tensor) -> torch.Tensor:
-    """metric `[n]` of the clean run with edge src -> dst patched at the positions ``where``
-    `[n, pos]` only: (corrupted - clean) of that source added to that destination's input there."""
-    s, d = graph.sources[src], graph.destinations[dst]
-    with torch.no_grad():
-        _, clean = model.run_with_cache(pairs.clean, s.hook)
-        _, corrupted = model.run_with_cache(pairs.corrupted, s.hook)
-    a, b = clean[s.hook], corrupted[s.hook]
-    if s.head is not None:
-        a, b = a[:, :, s.head], b[:, :, s.head]
-    shift = (b - a) * where[:, :, None].to(a.dtype)
-    key = d.hook if d.head is None else ms.at(d.hook, heads=d.head)
-    with torch.no_grad(), model.hooks({key: lambda x, ctx: x + shift}):
-        return logit_diff(model(pairs.clean), pairs)
+    """logit_diff `[n]` of the clean run with edge src -> dst patched at the positions ``where`` only."""
+    return two_forward_edge_patch(model, graph, pairs, src, dst, logit_diff, where=where)
 
 
 def test_schemas():
