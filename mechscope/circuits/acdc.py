@@ -13,8 +13,11 @@ one before it is removed too. Walking the variants in order, each accepted remov
 next variant's comparison exact (its circuit is the current one minus one more edge); at the
 first rejected edge the later variants are stale and the walk restarts after it. The decisions
 are therefore exactly those of one-edge-at-a-time ACDC (tested), in far fewer forwards when
-most edges are removed, which is ACDC's usual regime. Since every edge into an earlier layer is
-still in the circuit when a destination is tested, the run up to that destination's layer is the
+most edges are removed, which is ACDC's usual regime. As in Conmy et al.'s implementation, a
+destination whose node no longer feeds anything (every outgoing edge removed; those were all
+decided earlier, the walk being reverse topological) is skipped: its edges are removed untested,
+since with the node's output read by no one their removal changes the logits only by rounding.
+Since every edge into an earlier layer is still in the circuit when a destination is tested, the run up to that destination's layer is the
 clean run: each forward starts there (`interventions.CleanPrefix`, `HookedModel.run_from`), and
 metrics that read only the answer positions get logits only there. Under ``torchrun`` each rank runs a
 contiguous share of the prompts and the metric sums are all-reduced before each decision.
@@ -50,7 +53,8 @@ def acdc_order(graph: Graph) -> list[tuple[int, int]]:
 
 def acdc(model, pairs: PromptPairs, threshold: float, metric: Callable | None = None, *,
          higher_is_better: bool | None = None, ablation: str = "corrupted", variants_per_pass: int = 8,
-         buffer_dtype: torch.dtype | None = None, prune_dangling: bool = True) -> Circuit:
+         buffer_dtype: torch.dtype | None = None, skip_unread: bool = True,
+         prune_dangling: bool = True) -> Circuit:
     """The ACDC circuit of ``pairs`` (clean prompts, edges ablated to the corrupted run).
 
     threshold: the largest worsening of the mean metric a removal may cause (tau).
@@ -59,10 +63,11 @@ def acdc(model, pairs: PromptPairs, threshold: float, metric: Callable | None = 
       ``logit_diff`` pass ``higher_is_better=True`` (the default for any metric given).
     ablation: what removed edges carry, ``"corrupted"`` or ``"zero"``.
     variants_per_pass: candidate removals tested per forward (speculatively, see module).
+    skip_unread: remove, untested, the edges into nodes whose every outgoing edge is removed.
     prune_dangling: finally drop edges of nodes left with no path from the input to the logits.
     Returns a `Circuit` whose ``scores`` `[n_src, n_dst]` hold each tested edge's change of the
-    mean metric when it was tested (worsening > 0), and whose ``selection`` names tau, the edge
-    evaluations and the forwards used.
+    mean metric when it was tested (worsening > 0; NaN for edges removed untested), and whose
+    ``selection`` names tau, the edge evaluations, the forwards used and the edges skipped.
     """
     if ablation not in ACDC_ABLATIONS:
         raise SelectionError(f"ACDC ablation must be one of {ACDC_ABLATIONS}, got {ablation!r}")
@@ -94,10 +99,22 @@ def acdc(model, pairs: PromptPairs, threshold: float, metric: Callable | None = 
         current = evaluate([keep])[0]
         forwards, evaluations = 1, 1
         worsening = torch.full((graph.n_src, graph.n_dst), torch.nan)
-        order = acdc_order(graph)
+        order, owners = acdc_order(graph), graph.owner
+        logits_dst, skipped = graph.n_dst - 1, 0
+
+        def alive(dst: int) -> bool:  # the destination's node still writes to a kept edge
+            return not skip_unread or dst == logits_dst or bool(keep[owners[:, dst]].any())
+
         i = 0
         while i < len(order):
+            if not alive(order[i][1]):
+                dead = order[i][1]
+                while i < len(order) and order[i][1] == dead:
+                    keep[order[i]] = False
+                    i, skipped = i + 1, skipped + 1
+                continue
             batch = order[i:i + variants_per_pass]
+            batch = batch[:next((k for k, (_, dst) in enumerate(batch) if not alive(dst)), len(batch))]
             masks, trial = [], keep.clone()
             for src, dst in batch:  # variant j: the next j candidates removed
                 trial = trial.clone()
@@ -106,6 +123,8 @@ def acdc(model, pairs: PromptPairs, threshold: float, metric: Callable | None = 
             values = evaluate(masks)
             forwards, evaluations = forwards + 1, evaluations + len(masks)
             for (src, dst), value in zip(batch, values):
+                if not alive(dst):  # an accepted removal above left this node unread: skip it
+                    break
                 i += 1
                 change = sign * (value - current)
                 worsening[src, dst] = change
@@ -117,5 +136,6 @@ def acdc(model, pairs: PromptPairs, threshold: float, metric: Callable | None = 
     if prune_dangling:
         keep = prune(graph, keep)
     how = (f"ACDC (tau={threshold:g}, {'higher' if higher_is_better else 'lower'} is better; "
-           f"{evaluations} edge evaluations in {forwards} forwards of {n_total} prompts)")
+           f"{evaluations} edge evaluations in {forwards} forwards of {n_total} prompts; "
+           f"{skipped} edges into nodes left feeding nothing removed untested)")
     return Circuit(dict(graph.cfg), worsening, keep, nodes_of(graph, keep), "ACDC", ablation, how)

@@ -20,11 +20,13 @@ def llama():
     return build_tiny("llama")
 
 
-def _sequential(model, pairs, threshold, metric, higher_is_better):
-    """Conmy et al.'s loop: one candidate removal per forward, decided before the next."""
+def _sequential(model, pairs, threshold, metric, higher_is_better, skip_unread=False):
+    """Conmy et al.'s loop: one candidate removal per forward, decided before the next; with
+    ``skip_unread``, edges into a node none of whose outgoing edges is kept go untested."""
     graph = Graph.from_model(model)
     keep = graph.real.clone()
     sign = -1.0 if higher_is_better else 1.0
+    skipped = 0
 
     def value(mask):
         values, _ = evaluate_circuits(model, graph, pairs, metric, [mask], variants_per_pass=1)
@@ -34,10 +36,22 @@ def _sequential(model, pairs, threshold, metric, higher_is_better):
     for src, dst in acdc_order(graph):
         trial = keep.clone()
         trial[src, dst] = False
+        unread = dst < graph.n_dst - 1 and not keep[graph.owner[:, dst]].any()
+        if skip_unread and unread:
+            keep, skipped = trial, skipped + 1
+            continue
         new = value(trial)
         if sign * (new - current) < threshold:
             keep, current = trial, new
-    return keep
+    return keep, skipped
+
+
+def _counts(circuit):
+    """(edge evaluations, forwards, skipped edges) parsed from the circuit's selection string."""
+    evaluations = int(circuit.selection.split("; ")[1].split(" edge evaluations")[0])
+    forwards = int(circuit.selection.split(" in ")[1].split(" forwards")[0])
+    skipped = int(circuit.selection.split("; ")[-1].split(" edges")[0])
+    return evaluations, forwards, skipped
 
 
 @pytest.mark.parametrize("threshold,task", [(0.02, False), (0.05, True)])
@@ -45,13 +59,29 @@ def test_batched_acdc_equals_sequential_acdc(llama, threshold, task):
     model, pairs = llama.model, pairs_for(llama.tokens[:2])
     metric = logit_diff if task else kl_to(model(pairs.clean).detach(), pairs)
     circuit = acdc(model, pairs, threshold, metric if task else None, higher_is_better=task,
-                   variants_per_pass=6, prune_dangling=False)
-    reference = _sequential(model, pairs, threshold, metric, task)
+                   variants_per_pass=6, skip_unread=False, prune_dangling=False)
+    reference, _ = _sequential(model, pairs, threshold, metric, task)
     assert torch.equal(circuit.in_graph, reference)
     n_edges = int(Graph.from_model(model).real.sum())
     assert 0 < int(reference.sum()) < n_edges  # the threshold removes some edges and keeps some
-    forwards = int(circuit.selection.split(" in ")[1].split(" forwards")[0])
-    assert forwards < n_edges  # fewer forwards than one per edge
+    _, forwards, skipped = _counts(circuit)
+    assert forwards < n_edges and skipped == 0  # fewer forwards than one per edge
+
+
+def test_skipping_unread_nodes_equals_sequential_skipping(llama):
+    """Skipping edges into nodes nothing reads any more: the decisions of the sequential loop
+    that skips them too, with some edges skipped, in fewer edge evaluations than without."""
+    model, pairs = llama.model, pairs_for(llama.tokens[:2])
+    metric = kl_to(model(pairs.clean).detach(), pairs)
+    skipping = acdc(model, pairs, 0.05, variants_per_pass=6, prune_dangling=False)
+    reference, reference_skipped = _sequential(model, pairs, 0.05, metric, False, skip_unread=True)
+    assert torch.equal(skipping.in_graph, reference)
+    evaluations, forwards, skipped = _counts(skipping)
+    assert skipped == reference_skipped > 0
+    assert int(torch.isnan(skipping.scores[Graph.from_model(model).real]).sum()) == skipped
+    testing_all = acdc(model, pairs, 0.05, variants_per_pass=6, skip_unread=False, prune_dangling=False)
+    all_evaluations, all_forwards, _ = _counts(testing_all)
+    assert evaluations < all_evaluations and forwards <= all_forwards
 
 
 def test_threshold_extremes(llama):
