@@ -12,7 +12,7 @@ from helpers import pairs_for
 from mechscope.causal.metrics import kl_to, logit_diff
 from mechscope.circuits import Graph, evaluate_circuits
 from mechscope.circuits.acdc import acdc, acdc_order
-from mechscope.errors import SelectionError
+from mechscope.errors import CheckpointMismatchError, SelectionError
 
 
 @pytest.fixture(scope="module")
@@ -95,9 +95,32 @@ def test_threshold_extremes(llama):
     assert torch.equal(tested, graph.real)  # every real edge was tested and its worsening recorded
 
 
+def test_resumed_acdc_makes_the_decisions_of_an_uninterrupted_one(llama, tmp_path):
+    model, pairs = llama.model, pairs_for(llama.tokens[:2])
+    options = {"variants_per_pass": 6, "checkpoint_every": 40, "progress": False}
+    whole = acdc(model, pairs, 0.05, **options)
+
+    def kill(done):
+        if done == 80:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        acdc(model, pairs, 0.05, out=tmp_path, on_checkpoint=kill, **options)
+    resumed = acdc(model, pairs, 0.05, out=tmp_path, resume=True, **{**options, "variants_per_pass": 3})
+    assert torch.equal(resumed.in_graph, whole.in_graph)
+    assert torch.equal(resumed.scores.isnan(), whole.scores.isnan())
+    tested = ~whole.scores.isnan()
+    torch.testing.assert_close(resumed.scores[tested], whole.scores[tested], rtol=1e-5, atol=1e-7)
+    assert _counts(resumed)[2] == _counts(whole)[2]  # the same edges skipped
+    with pytest.raises(CheckpointMismatchError, match="threshold"):
+        acdc(model, pairs, 0.07, out=tmp_path, resume=True, **options)
+
+
 def test_bad_arguments(llama):
     pairs = pairs_for(llama.tokens[:2])
     with pytest.raises(SelectionError, match="ablation"):
         acdc(llama.model, pairs, 0.1, ablation="mean")
     with pytest.raises(SelectionError, match="variants_per_pass"):
         acdc(llama.model, pairs, 0.1, variants_per_pass=0)
+    with pytest.raises(SelectionError, match="out folder"):
+        acdc(llama.model, pairs, 0.1, resume=True)
