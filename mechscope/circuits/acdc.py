@@ -4,7 +4,10 @@ Destinations are visited from the logits back to the first layer; for each, its 
 edges from the latest source back. An edge is removed when removing it from the current
 circuit worsens the metric by less than ``threshold``: for the default metric, the KL
 divergence from the clean model's output distribution (lower is better), removal is kept when
-KL(without e) - KL(current) < threshold.
+KL(without e) - KL(current) < threshold. With a task metric this one-sided rule accepts every
+removal that *raises* the metric, so the circuit can drift far above the clean model's value;
+``absolute=True`` (Conmy et al.'s ``abs_value_threshold``) removes an edge only when the metric
+moves by less than ``threshold`` either way.
 
 Each decision depends on the ones before it, so the edges cannot be tested independently.
 They are tested *speculatively*, ``variants_per_pass`` at a time in one edge-patched forward
@@ -54,7 +57,8 @@ def acdc_order(graph: Graph) -> list[tuple[int, int]]:
 
 
 def acdc(model, pairs: PromptPairs, threshold: float, metric: Callable | None = None, *,
-         higher_is_better: bool | None = None, ablation: str = "corrupted", variants_per_pass: int = 8,
+         higher_is_better: bool | None = None, absolute: bool = False, ablation: str = "corrupted",
+         variants_per_pass: int = 8,
          buffer_dtype: torch.dtype | None = None, skip_unread: bool = True, prune_dangling: bool = True,
          out: str | Path | None = None, resume: bool = False, checkpoint_every: int = 1000,
          progress: bool = True, on_checkpoint: Callable[[int], None] | None = None) -> Circuit:
@@ -64,6 +68,7 @@ def acdc(model, pairs: PromptPairs, threshold: float, metric: Callable | None = 
     metric: ``metric(logits, pairs) -> [batch]``; default KL from the clean run's distribution
       at the answer position (``kl_to``), lower is better. For a task metric such as
       ``logit_diff`` pass ``higher_is_better=True`` (the default for any metric given).
+    absolute: remove an edge only when ``|change of the metric| < threshold`` (see module).
     ablation: what removed edges carry, ``"corrupted"`` or ``"zero"``.
     variants_per_pass: candidate removals tested per forward (speculatively, see module); it
       changes the forwards, not the decisions, so a run may resume with another value.
@@ -108,7 +113,7 @@ def acdc(model, pairs: PromptPairs, threshold: float, metric: Callable | None = 
         return (values / n_total).tolist()
 
     order, owners, logits_dst = acdc_order(graph), graph.owner, graph.n_dst - 1
-    settings = {"threshold": threshold, "metric": metric_name, "higher_is_better": higher_is_better,
+    settings = {"threshold": threshold, "metric": metric_name, "higher_is_better": higher_is_better, "absolute": absolute,
                 "ablation": ablation, "skip_unread": skip_unread, "n_prompts": n_total, "graph": graph.cfg}
     loop = TrainingLoop(len(order), checkpoint=Path(out) / "acdc.safetensors" if out is not None else None,
                         checkpoint_every=checkpoint_every, resume=resume, progress=progress, settings=settings,
@@ -148,7 +153,7 @@ def acdc(model, pairs: PromptPairs, threshold: float, metric: Callable | None = 
             walk["decided"] += 1
             change = sign * (value - walk["current"])
             worsening[src, dst] = change
-            if change < threshold:  # removed: the next variant compares against this circuit
+            if (abs(change) if absolute else change) < threshold:  # removed: the next variant compares against this circuit
                 keep[src, dst] = False
                 walk["current"] = value
             else:  # kept: the variants after it assumed its removal; test them again
@@ -159,7 +164,8 @@ def acdc(model, pairs: PromptPairs, threshold: float, metric: Callable | None = 
              on_checkpoint=on_checkpoint)
     if prune_dangling:
         keep = prune(graph, keep)
-    how = (f"ACDC (tau={threshold:g}, {'higher' if higher_is_better else 'lower'} is better; "
+    rule = "|change| < tau" if absolute else f"{'higher' if higher_is_better else 'lower'} is better"
+    how = (f"ACDC (tau={threshold:g}, {rule}; "
            f"{walk['evaluations']} edge evaluations in {walk['forwards']} forwards of {n_total} prompts; "
            f"{walk['skipped']} edges into nodes left feeding nothing removed untested)")
     return Circuit(dict(graph.cfg), worsening, keep, nodes_of(graph, keep), "ACDC", ablation, how)

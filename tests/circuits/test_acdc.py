@@ -20,7 +20,7 @@ def llama():
     return build_tiny("llama")
 
 
-def _sequential(model, pairs, threshold, metric, higher_is_better, skip_unread=False):
+def _sequential(model, pairs, threshold, metric, higher_is_better, skip_unread=False, absolute=False):
     """Conmy et al.'s loop: one candidate removal per forward, decided before the next; with
     ``skip_unread``, edges into a node none of whose outgoing edges is kept go untested."""
     graph = Graph.from_model(model)
@@ -41,7 +41,8 @@ def _sequential(model, pairs, threshold, metric, higher_is_better, skip_unread=F
             keep, skipped = trial, skipped + 1
             continue
         new = value(trial)
-        if sign * (new - current) < threshold:
+        change = sign * (new - current)
+        if (abs(change) if absolute else change) < threshold:
             keep, current = trial, new
     return keep, skipped
 
@@ -54,18 +55,21 @@ def _counts(circuit):
     return evaluations, forwards, skipped
 
 
-@pytest.mark.parametrize("threshold,task", [(0.02, False), (0.05, True)])
-def test_batched_acdc_equals_sequential_acdc(llama, threshold, task):
+@pytest.mark.parametrize("threshold,task,absolute", [(0.02, False, False), (0.05, True, False), (0.05, True, True)])
+def test_batched_acdc_equals_sequential_acdc(llama, threshold, task, absolute):
     model, pairs = llama.model, pairs_for(llama.tokens[:2])
     metric = logit_diff if task else kl_to(model(pairs.clean).detach(), pairs)
-    circuit = acdc(model, pairs, threshold, metric if task else None, higher_is_better=task,
+    circuit = acdc(model, pairs, threshold, metric if task else None, higher_is_better=task, absolute=absolute,
                    variants_per_pass=6, skip_unread=False, prune_dangling=False)
-    reference, _ = _sequential(model, pairs, threshold, metric, task)
+    reference, _ = _sequential(model, pairs, threshold, metric, task, absolute=absolute)
     assert torch.equal(circuit.in_graph, reference)
     n_edges = int(Graph.from_model(model).real.sum())
     assert 0 < int(reference.sum()) < n_edges  # the threshold removes some edges and keeps some
     _, forwards, skipped = _counts(circuit)
     assert forwards < n_edges and skipped == 0  # fewer forwards than one per edge
+    if absolute:  # the two-sided rule keeps edges whose removal would raise the metric too
+        one_sided, _ = _sequential(model, pairs, threshold, metric, task)
+        assert int(reference.sum()) > int(one_sided.sum())
 
 
 def test_skipping_unread_nodes_equals_sequential_skipping(llama):
