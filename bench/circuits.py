@@ -126,6 +126,50 @@ def own_costs(model, pairs: dict, forward_s: float, repeats: int) -> None:
           f"{circuit.selection.split('; ')[1].rstrip(')')}, {circuit.n_edges} edges kept")
 
 
+def bundled_patched_costs(n_prompts: int, repeats: int) -> None:
+    """Edge-patched evaluations on the bundled model (30 layers, 301 sources) of EAP's top 1-50 %
+    circuits on IOI, as faithfulness runs them, in multiples of one plain forward; against the
+    same forward summing W over the pruned edges of every destination (``kept_sums=False``: the
+    naive way, and mechscope's before the kept form)."""
+    import mechscope as ms
+    import mechscope.circuits as C
+
+    model = ms.load("smollm2-135m")
+    pairs = ms.ioi(model, n_prompts)
+    graph = C.Graph.from_model(model)
+    at = pairs.answer_positions[:, None]
+    rows = pairs.clean
+
+    def forward():
+        with torch.no_grad():
+            model(rows)
+
+    forward()
+    forward_s = median_time(forward, max(repeats, 5))
+    ablated = C.ablated_sources(model, graph, pairs.corrupted)
+    ablation_s = median_time(lambda: C.ablated_sources(model, graph, pairs.corrupted), repeats)
+    scores = C.attribute(model, pairs, method="EAP")
+    print(f"\nbundled model, {n_prompts} IOI prompts: one plain forward {forward_s:.3f} s, the ablation forward "
+          f"{ablation_s / forward_s:.2f}x")
+    print(f"{'EAP top edges':14s} {'patched x fwd':>14s} {'+ ablation':>11s} {'pruned sums x fwd':>18s} {'speed-up':>9s}")
+    for percent in (1, 5, 20, 50):
+        W = C.pruned_weights(graph, scores.top_n(graph.n_edges * percent // 100, absolute=True).in_graph)
+
+        def patched(kept_sums: bool, W=W) -> float:
+            patch = C.EdgePatch(graph, ablated, W, kept_sums=kept_sums)
+            start = time.perf_counter()
+            with torch.no_grad(), model.hooks(patch.hooks()):
+                model(rows, logits_at=at)
+            return time.perf_counter() - start
+
+        patched(True), patched(False)
+        pairs_of_times = [(patched(True), patched(False)) for _ in range(max(repeats, 5))]  # interleaved: fair under drift
+        chosen = statistics.median(t for t, _ in pairs_of_times)
+        summed = statistics.median(t for _, t in pairs_of_times)
+        print(f"{percent:>12d} % {chosen / forward_s:14.2f} {(chosen + ablation_s) / forward_s:11.2f} "
+              f"{summed / forward_s:18.2f} {summed / chosen:8.2f}x")
+
+
 # -- model and prompts ----------------------------------------------------------------------------
 def build_model(folder: Path, layers: int, d_model: int, heads: int, vocab: int, seed: int) -> None:
     """A seeded random GPT-2 saved with ``save_pretrained`` (no tokenizer)."""
@@ -255,6 +299,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-peers", action="store_true", help="skip the TransformerLens row")
+    parser.add_argument("--no-bundled", action="store_true", help="skip the bundled model's patched evaluations")
     args = parser.parse_args()
     if args.quick:
         args.layers, args.prompts, args.tokens, args.vocab, args.repeats = 2, 4, 8, 97, 1
@@ -305,6 +350,8 @@ def main() -> None:
             print(f"{'mechscope EAP':34s} {ms_s:8.3f} {ms_s / forward_s:10.2f} {ms_peak:9.1f} "
                   f"{ms_peak * 1024 / tokens:10.1f}   [target <= 3.5]")
             own_costs(model, pairs, forward_s, args.repeats)
+            if not args.no_bundled and not args.quick:
+                bundled_patched_costs(args.prompts, args.repeats)
 
         if args.no_peers:
             return

@@ -28,11 +28,13 @@ from collections.abc import Callable
 
 import torch
 
-from ..errors import SelectionError
+from ..errors import MechscopeError, SelectionError
 from .graph import Graph
 from .spans import Spans
 
 ABLATIONS = ("corrupted", "zero", "mean")
+KEPT_FORM_AT_MOST = 0.3  # a group takes the kept form when its kept sources are at most this share of its pruned
+GATHER_AT_MOST = 0.6  # a group gathers its sources from the buffer when they are at most this share of it
 
 
 def stack_sources(graph: Graph, cache) -> torch.Tensor:
@@ -112,9 +114,11 @@ class EdgePatch:
 
     def __init__(self, graph: Graph, ablated: torch.Tensor, W: torch.Tensor, *,
                  buffer_dtype: torch.dtype | None = None, spans: Spans | None = None, pieced: bool | None = None,
-                 prefill: torch.Tensor | None = None):
+                 prefill: torch.Tensor | None = None, kept_sums: bool = True):
         """prefill: `[n, pos, n_pre, d]` the differences of sources ``[0, n_pre)`` for a forward
-        that starts after them (`CleanPrefix`): their hooks do not run, the buffer holds these."""
+        that starts after them (`CleanPrefix`): their hooks do not run, the buffer holds these.
+        kept_sums: let groups with fewer kept than pruned incoming edges use the kept form (see
+        `_correction`; False sums over the pruned edges everywhere, for comparison)."""
         self.graph, self.ablated, self.buffer_dtype = graph, ablated, buffer_dtype
         self.k = W.shape[0]
         self.differentiable = W.requires_grad
@@ -134,27 +138,66 @@ class EdgePatch:
         nonzero = (W.detach() != 0) | self.differentiable
         if spans is not None:
             nonzero = nonzero.any(dim=1)  # [k, n_src, n_dst]
-        live = nonzero.any(dim=(0, 2)).cpu()
+        # Destination hooks reading the same prefix (a layer's q, k and v inputs) share one matmul.
+        groups: dict[int, list[int]] = {}
+        for hook, idx in graph.hook_groups().items():
+            groups.setdefault(graph.destinations[idx[0]].prefix, []).extend(idx)
+        # Per group, the cheaper form (see `_correction`): "pruned" sums W over the sources with a
+        # pruned edge into it; "kept" subtracts (1 - W) over the sources with a kept edge from
+        # the running total of all differences (a small circuit: few kept edges, most pruned).
+        self.kept_form: set[int] = set()
+        needed = torch.zeros(graph.n_src, dtype=torch.bool)
+        group_needs: dict[int, torch.Tensor] = {}  # prefix -> [prefix] bool: the sources its sum reads
+        fast = kept_sums and not self.pieced and spans is None  # the kept form needs one contiguous buffer
+        for prefix, idx in groups.items():
+            cols = slice(min(idx), max(idx) + 1)
+            pruned = nonzero[:, :prefix, cols].any(dim=(0, 2)).cpu()
+            if not bool(pruned.any()):
+                continue
+            kept = (W.detach()[:, :prefix, cols] != 1).any(dim=(0, 2)).cpu() if fast else pruned
+            if fast and int(kept.sum()) <= KEPT_FORM_AT_MOST * int(pruned.sum()):
+                self.kept_form.add(prefix)
+                group_needs[prefix] = kept
+            else:
+                group_needs[prefix] = pruned
+            needed[:prefix] |= group_needs[prefix]
+        live = needed
         self.live = live.nonzero()[:, 0]  # source indices, in forward order
         slot = torch.cumsum(live.long(), 0) - 1  # slot of each live source
+        # Per group, the buffer slots its sum reads, or None where they are most of the live
+        # sources before it: then the contiguous prefix of the buffer is cheaper than a gather
+        # (the other sources have weight 0 there).
+        self.group_slots = {prefix: slot[:prefix][need] if int(need.sum()) <= GATHER_AT_MOST * int(live[:prefix].sum())
+                            else None for prefix, need in group_needs.items()}
         n_pre = 0 if prefill is None else prefill.shape[2]
-        self.source_hooks: dict[str, tuple[list[int], slice]] = {}
+        self.source_hooks: dict[str, tuple[list[int], slice | None]] = {}
+        self.ablated_sums: dict[str, torch.Tensor] = {}  # per source hook: its ablated outputs summed
         for hook, idx in graph.source_groups().items():
+            if idx[0] < n_pre:
+                continue
             chosen = [i for i in idx if live[i]]
-            if chosen and idx[0] >= n_pre:
+            if chosen:
                 self.source_hooks[hook] = (chosen, slice(int(slot[chosen[0]]), int(slot[chosen[-1]]) + 1))
-        # Destination hooks reading the same prefix (a layer's q, k and v inputs) share one matmul.
-        spans: dict[int, list[int]] = {}
-        for hook, idx in graph.hook_groups().items():
-            spans.setdefault(graph.destinations[idx[0]].prefix, []).extend(idx)
+            elif self.kept_form:
+                self.source_hooks[hook] = ([], None)
+            if self.kept_form:
+                self.ablated_sums[hook] = ablated.index_select(2, torch.tensor(idx, device=ablated.device)).sum(2)
         self.dest_hooks: dict[str, tuple[int, slice, slice, int]] = {}
         for hook, idx in graph.hook_groups().items():
             prefix = graph.destinations[idx[0]].prefix
             span = slice(idx[0], idx[-1] + 1)
             if bool(nonzero[:, :prefix, span].any()):
-                shared = slice(min(spans[prefix]), max(spans[prefix]) + 1)
+                shared = slice(min(groups[prefix]), max(groups[prefix]) + 1)
                 local = slice(idx[0] - shared.start, idx[-1] + 1 - shared.start)
                 self.dest_hooks[hook] = (prefix, shared, local, int(live[:prefix].sum()))
+        # The running total of all differences, for kept-form groups: hook sums `[k, n, pos, d]`
+        # not yet added (firing order may differ from source order in parallel blocks), the sum
+        # so far and how many sources it covers.
+        self._pending: list[tuple[int, int, torch.Tensor]] = []  # (first source, end, sum)
+        self._total: torch.Tensor | None = None
+        self._covered = n_pre
+        if self.kept_form and n_pre:
+            self._total = prefill.sum(2)[None].expand(self.k, *prefill.shape[:2], prefill.shape[3])
         self._deltas: dict[int, torch.Tensor] = {}
         self.W_live = W[..., self.live.to(W.device), :]  # [k, (n_spans,) n_live, n_dst]
         self.buffer: torch.Tensor | None = None
@@ -177,14 +220,21 @@ class EdgePatch:
         out.update({hook: self._rebuild(*spec) for hook, spec in self.dest_hooks.items()})
         return out
 
-    def _record(self, hook: str, idx: list[int], slots: slice) -> Callable:
-        first = self.graph.source_groups()[hook][0]
-        local = torch.tensor([i - first for i in idx])
-        sources = torch.tensor(idx)
+    def _record(self, hook: str, idx: list[int], slots: slice | None) -> Callable:
+        group = self.graph.source_groups()[hook]
+        first = group[0]
+        local = torch.tensor([i - first for i in idx], dtype=torch.long)
+        sources = torch.tensor(idx, dtype=torch.long)
+        ablated_sum = self.ablated_sums.get(hook)
 
         def record(x: torch.Tensor, ctx) -> None:
             x4 = x if x.ndim == 4 else x[:, :, None]
             rows, pos = x4.shape[:2]
+            if ablated_sum is not None:  # this hook's share of the running total `[k, n, pos, d]`
+                whole = x4.sum(2).reshape(self.k, rows // self.k, pos, -1)
+                self._pending.append((first, group[-1] + 1, whole - ablated_sum[:, :pos].to(whole.device, whole.dtype)))
+            if slots is None:
+                return
             current = x4.index_select(2, local.to(x.device))
             ablated = self.ablated[:, :pos].index_select(2, sources.to(self.ablated.device)).to(x.device)
             diff = current.reshape(self.k, rows // self.k, *current.shape[1:]) - ablated.to(current.dtype)
@@ -201,26 +251,60 @@ class EdgePatch:
 
         return record
 
+    def _total_before(self, prefix: int) -> torch.Tensor:
+        """sum over sources ``[0, prefix)`` of (current - ablated): `[k, n, pos, d]`."""
+        ready = [item for item in self._pending if item[1] <= prefix]
+        for item in sorted(ready):
+            self._total = item[2] if self._total is None else self._total + item[2]
+            self._covered += item[1] - item[0]
+            self._pending.remove(item)
+        if self._covered != prefix or self._total is None:
+            raise MechscopeError(f"edge patch: the running total covers {self._covered} sources where a destination "
+                                 f"reads {prefix}; a source hook did not fire before its readers")
+        return self._total
+
     def _rebuild(self, prefix: int, shared: slice, local: slice, n_live: int) -> Callable:
         """The hook rebuilding destinations ``local`` of the group ``shared`` that reads sources
         ``[0, prefix)`` (``n_live`` buffered): the group's correction `[k * n, pos, j, d]` is
         computed by its first hook and reused by the others."""
 
         def rebuild(x: torch.Tensor, ctx) -> torch.Tensor:
-            if n_live == 0:
+            if n_live == 0 and prefix not in self.kept_form:
                 return x
             delta = self._deltas.get(prefix)
             if delta is None or delta.dtype != x.dtype or delta.device != x.device:
-                delta = self._deltas[prefix] = self._correction(shared, n_live, x.dtype, x.device)
+                delta = self._deltas[prefix] = self._correction(prefix, shared, n_live, x.dtype, x.device)
             x4 = x if x.ndim == 4 else x[:, :, None]
             out = x4 - delta[:, :, local]
             return out if x.ndim == 4 else out[:, :, 0]
 
         return rebuild
 
-    def _correction(self, shared: slice, n_live: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    def _correction(self, prefix: int, shared: slice, n_live: int, dtype: torch.dtype,
+                    device: torch.device) -> torch.Tensor:
         """sum_u W[u, v] (current(u) - ablated(u)) for destinations ``shared``: `[k * n, pos, j, d]`
-        on ``device`` (W of each token's span for position-aware masks)."""
+        on ``device`` (W of each token's span for position-aware masks). Kept form: the same sum as
+        the running total of every source's difference minus sum_u (1 - W[u, v]) (current(u) -
+        ablated(u)), the second sum over the few sources with a kept edge."""
+        if not self.pieced and self.span_tokens is None:  # one buffer: read only the group's own sources
+            slots = self.group_slots[prefix]
+            W = self.W_live[:, :n_live, shared] if slots is None else self.W_live[:, slots.to(self.W_live.device), shared]
+            diffs = None
+            if W.shape[1]:
+                diffs = self.buffer[:, :n_live] if slots is None else self.buffer.index_select(1, slots.to(self.buffer.device))
+            j = shared.stop - shared.start
+            if prefix in self.kept_form:
+                total = self._total_before(prefix).to(device, dtype)  # [k, n, pos, d]
+                k, n, pos, d = total.shape
+                delta = total.reshape(k, 1, -1).expand(k, j, -1)
+                if diffs is not None:
+                    weights = (1.0 - W).transpose(1, 2).to(dtype)  # [k, j, s]
+                    delta = delta - torch.bmm(weights, diffs.reshape(*diffs.shape[:2], -1).to(dtype)).to(device)
+            else:
+                k, _, n, pos, d = diffs.shape
+                weights = W.transpose(1, 2).to(dtype)
+                delta = torch.bmm(weights, diffs.reshape(*diffs.shape[:2], -1).to(dtype)).to(device)
+            return delta.reshape(k, j, n, pos, d).permute(0, 2, 3, 1, 4).reshape(k * n, pos, j, d)
         if self.pieced:
             parts = [(slots, diff) for slots, diff in self.pieces if slots.start < n_live]
         else:

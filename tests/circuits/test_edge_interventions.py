@@ -159,6 +159,37 @@ def test_pieced_buffers_equal_the_contiguous_buffer():
     assert model.devices == [torch.device("cpu")]
 
 
+@pytest.mark.parametrize("family", ["llama", "gpt2", "gptj", "gpt_neox"])
+def test_kept_form_of_small_circuits_equals_the_pruned_form(family):
+    """Destinations with fewer kept than pruned incoming edges take the running total of all
+    differences minus the kept ones; the logits equal those of summing the pruned edges
+    (``kept_sums=False``) and of the pieced buffer, sequential and parallel blocks alike, and
+    from the clean prefix too."""
+    tiny = _tiny(family)
+    model, pairs = tiny.model, pairs_for(tiny.tokens)
+    graph = C.Graph.from_model(model)
+    ablated = C.ablated_sources(model, graph, pairs.corrupted)
+    draw = torch.rand(2, *graph.real.shape, generator=torch.Generator().manual_seed(6))
+    keep = graph.real & (draw < torch.tensor([0.05, 0.3])[:, None, None])
+    W = C.pruned_weights(graph, keep)
+    outputs, buffered = [], []
+    for kept_sums, pieced in [(True, False), (False, False), (True, True)]:
+        patch = C.EdgePatch(graph, ablated, W, pieced=pieced, kept_sums=kept_sums)
+        with torch.no_grad(), model.hooks(patch.hooks()):
+            outputs.append(model(pairs.clean.repeat(2, 1)))
+        assert bool(patch.kept_form) == (kept_sums and not pieced)
+        buffered.append(len(patch.live))
+    assert buffered[0] < buffered[1] == buffered[2] == graph.n_src  # the kept form buffers fewer sources
+    assert torch.allclose(outputs[0], outputs[1], atol=1e-5) and torch.allclose(outputs[0], outputs[2], atol=1e-5)
+    late = torch.tensor([d.layer >= 1 for d in graph.destinations])
+    W = C.pruned_weights(graph, graph.real & ~(late & (draw[0] < 0.95)))
+    prefix = C.CleanPrefix(model, graph, pairs.clean, ablated)
+    with torch.no_grad():
+        whole = C.patched_logits(model, graph, pairs.clean, ablated, W)
+        started = C.patched_logits(model, graph, pairs.clean, ablated, W, prefix=prefix)
+    assert torch.allclose(whole, started, atol=1e-5)
+
+
 @pytest.mark.parametrize("family", ["llama", "gpt2"])
 def test_patched_forward_from_the_clean_prefix_is_the_whole_forward(family):
     """With pruned edges only into layer 1 and the logits, starting at layer 1 on the clean
