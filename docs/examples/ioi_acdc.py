@@ -1,9 +1,11 @@
 """ACDC on IOI on the bundled model: the circuit, its cost, and its faithfulness on held-out
 prompts next to EAP-IG's circuit of the same size. Prints what docs/circuits.md shows.
 
-    python docs/examples/ioi_acdc.py [n_prompts] [tau]     # defaults 8 and 0.02; about 1 h on 2 CPU cores
+    python docs/examples/ioi_acdc.py [n_prompts] [tau] [--absolute]   # defaults 8, 0.02; hours on 2 CPU cores
 
-The walk checkpoints to /tmp/mechscope-ioi-acdc every 1000 edges: an interrupted run resumes there.
+The metric is the logit difference, one-sided unless --absolute (see docs/circuits.md: one-sided,
+the circuit drifts above the clean model). The walk checkpoints to /tmp/mechscope-ioi-acdc-*
+every 1000 edges: an interrupted run resumes there.
 """
 
 import sys
@@ -14,8 +16,10 @@ import torch
 import mechscope as ms
 import mechscope.circuits as C
 
-n_prompts = int(sys.argv[1]) if len(sys.argv) > 1 else 8
-tau = float(sys.argv[2]) if len(sys.argv) > 2 else 0.02
+args = [a for a in sys.argv[1:] if a != "--absolute"]
+absolute = "--absolute" in sys.argv
+n_prompts = int(args[0]) if args else 8
+tau = float(args[1]) if len(args) > 1 else 0.02
 model = ms.load("smollm2-135m")
 everything = ms.ioi(model, 16)  # the same 16 prompts as docs/examples/ioi_circuits.py
 pairs = ms.ioi(model, n_prompts)  # their first n_prompts (same seed): ACDC's prompts
@@ -26,7 +30,8 @@ with torch.no_grad():
 print(f"{n_prompts} prompts: clean logit difference {clean:.3f}, corrupted {corrupted:.3f}; tau = {tau:g}")
 
 start = time.perf_counter()
-circuit = C.acdc(model, pairs, tau, ms.logit_diff, out=f"/tmp/mechscope-ioi-acdc-{n_prompts}-{tau:g}", resume=True)
+circuit = C.acdc(model, pairs, tau, ms.logit_diff, absolute=absolute, resume=True,
+                 out=f"/tmp/mechscope-ioi-acdc-{n_prompts}-{tau:g}{'-absolute' if absolute else ''}")
 seconds = time.perf_counter() - start
 print(f"\n{circuit.selection}")
 mlps = [n for n, on in zip(graph.src_names, circuit.nodes_in_graph.tolist()) if on and n.startswith("m")]

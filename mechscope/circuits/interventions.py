@@ -16,9 +16,13 @@ evaluates many edge removals per forward, edge pruning trains one float mask, fa
 curves run their circuits side by side. W = 0 everywhere (the full circuit) leaves the forward
 as it was; W = 1 on every real edge gives each destination the ablated input.
 
-Memory: only sources with at least one pruned edge are buffered, as `[k * n, pos, s, d_model]`
+Small circuits: a destination group with few kept incoming edges computes the same sum as the
+running total of every source's difference minus the kept edges' (the *kept form*, see
+`EdgePatch._correction`), so its cost follows the circuit, not the graph.
+
+Memory: only the sources some destination's sum reads are buffered, as `[k * n, pos, s, d_model]`
 in one source-major buffer `[k, s, n, pos, d_model]` in ``buffer_dtype`` (bf16 halves it), so
-each destination reads a contiguous prefix with one batched matmul; `buffer_bytes_per_token`
+each destination reads a prefix (or a gather) of it with one batched matmul; `buffer_bytes_per_token`
 states the worst case. Prompts are chunked by the callers (``batch_size``) to bound it further.
 """
 
