@@ -150,22 +150,21 @@ class EdgePatch:
         # pruned edge into it; "kept" subtracts (1 - W) over the sources with a kept edge from
         # the running total of all differences (a small circuit: few kept edges, most pruned).
         self.kept_form: set[int] = set()
-        needed = torch.zeros(graph.n_src, dtype=torch.bool)
+        live = torch.zeros(graph.n_src, dtype=torch.bool)  # the sources some group's sum reads
         group_needs: dict[int, torch.Tensor] = {}  # prefix -> [prefix] bool: the sources its sum reads
-        fast = kept_sums and not self.pieced and spans is None  # the kept form needs one contiguous buffer
+        may_keep = kept_sums and not self.pieced and spans is None  # the kept form needs one contiguous buffer
         for prefix, idx in groups.items():
             cols = slice(min(idx), max(idx) + 1)
             pruned = nonzero[:, :prefix, cols].any(dim=(0, 2)).cpu()
             if not bool(pruned.any()):
                 continue
-            kept = (W.detach()[:, :prefix, cols] != 1).any(dim=(0, 2)).cpu() if fast else pruned
-            if fast and int(kept.sum()) <= KEPT_FORM_AT_MOST * int(pruned.sum()):
+            kept = (W.detach()[:, :prefix, cols] != 1).any(dim=(0, 2)).cpu() if may_keep else pruned
+            if may_keep and int(kept.sum()) <= KEPT_FORM_AT_MOST * int(pruned.sum()):
                 self.kept_form.add(prefix)
                 group_needs[prefix] = kept
             else:
                 group_needs[prefix] = pruned
-            needed[:prefix] |= group_needs[prefix]
-        live = needed
+            live[:prefix] |= group_needs[prefix]
         self.live = live.nonzero()[:, 0]  # source indices, in forward order
         slot = torch.cumsum(live.long(), 0) - 1  # slot of each live source
         # Per group, the buffer slots its sum reads, or None where they are most of the live
@@ -290,25 +289,9 @@ class EdgePatch:
         on ``device`` (W of each token's span for position-aware masks). Kept form: the same sum as
         the running total of every source's difference minus sum_u (1 - W[u, v]) (current(u) -
         ablated(u)), the second sum over the few sources with a kept edge."""
-        if not self.pieced and self.span_tokens is None:  # one buffer: read only the group's own sources
-            slots = self.group_slots[prefix]
-            W = self.W_live[:, :n_live, shared] if slots is None else self.W_live[:, slots.to(self.W_live.device), shared]
-            diffs = None
-            if W.shape[1]:
-                diffs = self.buffer[:, :n_live] if slots is None else self.buffer.index_select(1, slots.to(self.buffer.device))
-            j = shared.stop - shared.start
-            if prefix in self.kept_form:
-                total = self._total_before(prefix).to(device, dtype)  # [k, n, pos, d]
-                k, n, pos, d = total.shape
-                delta = total.reshape(k, 1, -1).expand(k, j, -1)
-                if diffs is not None:
-                    weights = (1.0 - W).transpose(1, 2).to(dtype)  # [k, j, s]
-                    delta = delta - torch.bmm(weights, diffs.reshape(*diffs.shape[:2], -1).to(dtype)).to(device)
-            else:
-                k, _, n, pos, d = diffs.shape
-                weights = W.transpose(1, 2).to(dtype)
-                delta = torch.bmm(weights, diffs.reshape(*diffs.shape[:2], -1).to(dtype)).to(device)
-            return delta.reshape(k, j, n, pos, d).permute(0, 2, 3, 1, 4).reshape(k * n, pos, j, d)
+        if not self.pieced and self.span_tokens is None:  # one buffer: `_buffer_correction`
+            delta, (k, n, pos, d) = self._buffer_correction(prefix, shared, n_live, dtype, device)
+            return delta.reshape(k, -1, n, pos, d).permute(0, 2, 3, 1, 4).reshape(k * n, pos, -1, d)
         if self.pieced:
             parts = [(slots, diff) for slots, diff in self.pieces if slots.start < n_live]
         else:
@@ -326,6 +309,28 @@ class EdgePatch:
             joined = torch.cat([p.reshape(k, -1, len(t), d) for p, t in zip(pieces, self.span_tokens)], dim=2)
             delta = joined.index_select(2, self.span_inverse.to(device))  # [k, j, n * pos, d]
         return delta.reshape(k, -1, n, pos, d).permute(0, 2, 3, 1, 4).reshape(k * n, pos, -1, d)
+
+    def _buffer_correction(self, prefix: int, shared: slice, n_live: int, dtype: torch.dtype,
+                           device: torch.device) -> tuple[torch.Tensor, tuple[int, int, int, int]]:
+        """`_correction` from the one contiguous buffer, reading only the group's own sources
+        (gathered, or the buffer's prefix): ``(delta [k, j, n * pos * d], (k, n, pos, d))``."""
+        slots = self.group_slots[prefix]
+        if slots is None:
+            W = self.W_live[:, :n_live, shared]
+            parts = [(slice(0, n_live), self.buffer[:, :n_live])] if n_live else []
+        else:
+            W = self.W_live[:, slots.to(self.W_live.device), shared]
+            parts = [(slice(0, len(slots)), self.buffer.index_select(1, slots.to(self.buffer.device)))] if len(slots) else []
+        if prefix not in self.kept_form:
+            k, _, n, pos, d = parts[0][1].shape
+            return self._weighted(W.transpose(1, 2).to(dtype), parts, W.shape[1], lambda diff: diff, device), (k, n, pos, d)
+        total = self._total_before(prefix).to(device, dtype)  # [k, n, pos, d]
+        k, n, pos, d = total.shape
+        delta = total.reshape(k, 1, -1).expand(k, shared.stop - shared.start, -1)
+        if parts:
+            kept = self._weighted((1.0 - W).transpose(1, 2).to(dtype), parts, W.shape[1], lambda diff: diff, device)
+            delta = delta - kept
+        return delta, (k, n, pos, d)
 
     @staticmethod
     def _weighted(weights: torch.Tensor, parts: list, n_live: int, select: Callable,
