@@ -6,6 +6,7 @@
     shard(n)                               # this rank's contiguous slice of n items (uneven is fine)
     gather_uneven(x)                       # every rank's rows, in rank order, sizes may differ
     average_gradients(params)              # one all-reduce of a flat buffer, divided by the world size
+    barrier()                              # every rank waits for the others
 """
 
 from __future__ import annotations
@@ -36,6 +37,14 @@ def rank() -> int:
 def is_writer() -> bool:
     """Whether this process writes checkpoints and shows progress (rank 0)."""
     return rank() == 0
+
+
+def barrier() -> None:
+    """Wait until every rank gets here (nothing in a single process): a rank that ends its
+    run while rank 0 still writes a checkpoint would otherwise tear the process group down
+    under it (gloo aborts with "terminate called without an active exception")."""
+    if is_distributed():
+        dist.barrier()
 
 
 def local_rows(batch: torch.Tensor) -> torch.Tensor:

@@ -35,7 +35,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .checkpoint import checkpoint_meta, load_checkpoint, save_checkpoint
-from .distributed import check_same_step, is_writer
+from .distributed import barrier, check_same_step, is_writer
 from .errors import BatchSourceExhaustedError, CheckpointMismatchError, SelectionError
 
 Batch = TypeVar("Batch")
@@ -165,6 +165,7 @@ class TrainingLoop:
                 if on_checkpoint is not None:
                     on_checkpoint(done)
         bar.close()
+        barrier()  # no rank leaves while rank 0 is still writing the last checkpoint
         return self.end == self.steps
 
     def _due(self, done: int) -> bool:

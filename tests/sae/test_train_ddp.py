@@ -33,6 +33,7 @@ sae = ms.SAE(ms.SAEConfig(d_in=16, d_sae=64, architecture={arch!r}, k=4))
 train_sae(sae, batches, TrainConfig(**{config!r}), out={out!r}, progress=False)
 if dist.get_rank() == 0:
     torch.save({{k: v.detach() for k, v in sae.state_dict().items()}}, {out!r} + "/final.pt")
+dist.barrier()  # neither rank tears the group down while the other still writes
 dist.destroy_process_group()
 """
 
