@@ -28,6 +28,7 @@ from .config import ModelConfig, build_config
 from .extension import Extension
 from .functional import next_token_losses
 from .hook_points import HookPoint, NameSpec, build_hook_points, select_names
+from .linearized import linearized_at
 from .norms import FrozenNorm
 from .partial import last_block_needed, starting_at, stopping_after
 from .runtime import Entry, HookFn, HookRuntime, checked_loss
@@ -300,6 +301,16 @@ class HookedModel(nn.Module):
         finally:
             for param in trainable:
                 param.requires_grad_(True)
+
+    def linearized_at(self, tokens: TokensLike, *, attention: bool = True, norms: bool = True,
+                      attention_mask: torch.Tensor | None = None):
+        """A context in which the model is frozen at ``tokens`` `[b, p]` (one forward of them is
+        recorded on entry): attention patterns (``attention``) and every residual-stream norm's
+        scale (``norms``: ln1, ln2, sandwich norms, the final norm) keep their recorded values, so
+        the forward is linear in the residual stream wherever MLPs are held fixed, and
+        gradients follow only that linear path. A forward of the recorded tokens is unchanged;
+        a 1-prompt recording also serves a batch of copies of it. See `models.linearized`."""
+        return linearized_at(self, tokens, attention=attention, norms=norms, attention_mask=attention_mask)
 
     @contextmanager
     def hooks(self, forward: HookSpec | None = None, *, backward: HookSpec | None = None) -> Iterator[HookedModel]:
