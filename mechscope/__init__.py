@@ -71,6 +71,9 @@ _LAZY: dict[str, str] = {
     "PatchingResult": ".causal.result",
     "CausalTrace": ".causal.tracing",
     "causal_trace": ".causal.tracing",
+    "AttributionGraph": ".graphs.result",
+    "TranscoderSet": ".graphs.transcoders",
+    "attribution_graph": ".graphs.attribution",
     "FactPrompt": ".data.facts",
     "fact_prompts": ".data.facts",
     "make_fact": ".data.facts",
@@ -147,6 +150,9 @@ if TYPE_CHECKING:  # what the names are, for type checkers and IDEs
     from .data.ioi import ioi, ioi_positions
     from .data.repeated import repeated_random_tokens
     from .data.tasks import PromptPairs, induction_pairs, pairs_from_strings
+    from .graphs.attribution import attribution_graph
+    from .graphs.result import AttributionGraph
+    from .graphs.transcoders import TranscoderSet
     from .models.cache import ActivationCache
     from .models.config import ModelConfig
     from .models.hook_points import HookPoint
@@ -185,6 +191,7 @@ __all__ = [
     "COMPONENTS",
     "SAE",
     "ActivationCache",
+    "AttributionGraph",
     "CausalTrace",
     "Circuit",
     "CircuitScores",
@@ -219,6 +226,7 @@ __all__ = [
     "Target",
     "TokenIdError",
     "TrainConfig",
+    "TranscoderSet",
     "TunedLens",
     "UnknownActivationError",
     "UnsupportedArchitectureError",
@@ -231,6 +239,7 @@ __all__ = [
     "adapters",
     "answer_logprob",
     "at",
+    "attribution_graph",
     "attribution_patching",
     "cached_induction_model",
     "causal_trace",

@@ -135,7 +135,13 @@ def _faithfulness(tiny, sae):
                                    n_bootstrap=20)
 
 
+def _attribution_graph(tiny, sae):
+    transcoders = ms.TranscoderSet.fresh(tiny.model, d_sae=16, k=2, seed=1)
+    yield ms.attribution_graph(tiny.model, transcoders, tiny.tokens[:1, :6], max_logits=2, progress=False)
+
+
 BUILDERS = {
+    "AttributionGraph": _attribution_graph,
     "PatchingResult": _patching,
     "CausalTrace": _trace,
     "LensResult": _lens,

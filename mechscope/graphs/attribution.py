@@ -1,0 +1,297 @@
+"""Attribution graphs on per-layer transcoders (Ameisen et al. 2025, "Circuit Tracing").
+
+    graph = ms.attribution_graph(model, transcoders, "The capital of France is")
+    graph.top(10)                                  # the nodes with the most influence on the logits
+    graph.edges(min_weight=0.1)                    # DataFrame: target, source, weight
+
+The replacement model: attention patterns and norm scales frozen at the prompt
+(`HookedModel.linearized_at`), every MLP output replaced by its transcoder's reconstruction
+plus an error node (the MLP output minus that reconstruction, a constant), so the residual
+stream is an affine function of the nodes: active features (layer, position, latent; a
+feature's output is its activation times its decoder row), error nodes (layer, position),
+token embeddings (position). A transcoder's skip connection (``x @ W_skip``) is linear in
+its input and stays in the graph as a path, not a node.
+
+The adjacency ``A[target, source]`` holds direct effects: the change of the target (a
+feature's pre-activation, or a logit) per unit of the source's output, through attention
+and the residual stream only (the paths through other nodes are those nodes' own edges).
+One forward of the frozen model on ``batch_size`` copies of the prompt is kept, and each
+backward fills ``batch_size`` rows: a target's input direction (its encoder column, or the
+demeaned unembedding of a logit) is injected in its own copy, and the gradient at each
+layer's MLP output dotted with each source's output vector is the edge weight. Every row
+satisfies ``value = sum(row) + bias``, where ``bias`` is what the constants (biases,
+``b_dec``, ``b_enc``) contribute.
+
+Logit nodes: the top logits at the last position until their probabilities sum to
+``logit_prob`` (at most ``max_logits``), or given tokens, or custom directions on
+``ln_final.out`` (e.g. a logit difference). A logit's value is its demeaned logit before any
+final softcap (logit minus the mean logit, which does not change the probabilities).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+from ..errors import SelectionError
+from ..models.hooked import HookedModel, TokensLike
+from .influence import node_influence, row_normalised
+from .result import AttributionGraph
+from .transcoders import TranscoderSet
+
+LogitTargets = Sequence[int | str] | Mapping[str, torch.Tensor] | None
+_CHUNK_FLOATS = 1 << 24  # the largest [rows, features, d] product held at once when reading feature edges
+
+
+@dataclass
+class _Layer:
+    """One layer's active features and error at the prompt: ``positions``/``latents`` `[n]`,
+    ``acts`` `[n]`, ``error`` `[p, d]`, ``constant`` `[p, d]` (the MLP output minus the skip)."""
+
+    positions: torch.Tensor
+    latents: torch.Tensor
+    acts: torch.Tensor
+    pre: torch.Tensor  # [n] pre-activations
+    error: torch.Tensor
+    constant: torch.Tensor
+
+
+@dataclass
+class _Logits:
+    labels: list[str]
+    token_ids: torch.Tensor  # [n] (-1 for a custom direction)
+    vectors: torch.Tensor  # [n, d_model] on ln_final.out
+    values: torch.Tensor  # [n] the demeaned logits (custom: vector . ln_final.out)
+    probs: torch.Tensor  # [n] (NaN for a custom direction)
+
+
+def attribution_graph(model: HookedModel, transcoders: TranscoderSet, prompt: TokensLike, *,
+                      targets: LogitTargets = None, max_logits: int = 10, logit_prob: float = 0.95,
+                      max_features: int | None = None, batch_size: int = 32, skip_first: bool = True,
+                      progress: bool = True) -> AttributionGraph:
+    """The attribution graph of ``prompt`` (one text or token ids `[1, p]`) through
+    ``transcoders`` (one per layer, `TranscoderSet`), see the module docstring.
+
+    targets: None (top logits, see ``max_logits`` / ``logit_prob``), token ids or strings, or
+      ``{label: direction [d_model]}`` read on ``ln_final.out`` at the last position.
+    max_features: compute the incoming edges of at most this many features, chosen in order
+      of their influence on the logits (as estimated from the rows computed so far, in
+      rounds of ``batch_size``); the others keep empty rows. None: all active features.
+    batch_size: rows per backward (copies of the prompt in the one kept forward).
+    skip_first: position 0 (the attention sink, whose activations dwarf the others) has no
+      feature nodes; its MLP outputs are error nodes.
+    """
+    transcoders.check(model)
+    tokens = _one_prompt(model, prompt)
+    if batch_size < 1 or max_logits < 1 or not 0 < logit_prob <= 1:
+        raise SelectionError(f"batch_size and max_logits must be >= 1 and logit_prob in (0, 1], got {batch_size}, "
+                             f"{max_logits}, {logit_prob}")
+    layers, logits, embed = _clean_pass(model, transcoders, tokens, targets, max_logits, logit_prob, skip_first)
+    n_pos, n_layers = tokens.shape[1], model.cfg.n_layers
+    n_features = sum(len(layer.acts) for layer in layers)
+    n_nodes = n_features + n_layers * n_pos + n_pos + len(logits.labels)
+    n_rows = len(logits.labels) + (n_features if max_features is None else min(max_features, n_features))
+    if progress:
+        print(f"attribution graph: {n_pos} tokens, {n_features} active features, {n_nodes} nodes; adjacency "
+              f"{n_nodes * n_nodes * 4 / 2**20:.0f} MiB, {math.ceil(n_rows / batch_size)} backward passes of "
+              f"{batch_size} rows")
+    tracer = _Tracer(model, transcoders, tokens, layers, embed, batch_size, len(logits.labels))
+    adjacency = torch.zeros(n_nodes, n_nodes)
+    has_row = torch.zeros(n_nodes, dtype=torch.bool)
+    first_logit = n_nodes - len(logits.labels)
+    feature_layer = torch.cat([torch.full((len(layer.acts),), i) for i, layer in enumerate(layers)])
+    feature_pos = torch.cat([layer.positions for layer in layers])
+    feature_latent = torch.cat([layer.latents for layer in layers])
+    bar = tqdm(total=n_rows, disable=not progress, desc="attribution rows")
+
+    logit_rows = list(range(first_logit, n_nodes))
+    for start in range(0, len(logit_rows), batch_size):
+        chunk = logit_rows[start : start + batch_size]
+        adjacency[chunk] = tracer.rows([("logit", None, n_pos - 1, logits.vectors[i - first_logit]) for i in chunk])
+        has_row[chunk] = True
+        bar.update(len(chunk))
+
+    def feature_targets(indices: list[int]):
+        return [("feature", int(feature_layer[i]), int(feature_pos[i]),
+                 transcoders[int(feature_layer[i])].W_enc[:, int(feature_latent[i])].detach()) for i in indices]
+
+    budget = n_features if max_features is None else min(max_features, n_features)
+    weights = torch.zeros(n_nodes)
+    weights[first_logit:] = torch.nan_to_num(logits.probs, nan=1.0 / len(logits.labels))
+    done = 0
+    while done < budget:
+        take = min(batch_size, budget - done)
+        if max_features is None or budget == n_features:
+            chosen = list(range(done, done + take))
+        else:  # the most influential features whose rows are still missing
+            influence = node_influence(row_normalised(adjacency), weights)[:n_features]
+            influence[has_row[:n_features]] = -1.0
+            chosen = torch.topk(influence, take).indices.tolist()
+        adjacency[chosen] = tracer.rows(feature_targets(chosen))
+        has_row[chosen] = True
+        done += take
+        bar.update(take)
+    bar.close()
+
+    values = torch.zeros(n_nodes)
+    values[:n_features] = torch.cat([layer.pre for layer in layers])
+    values[first_logit:] = logits.values
+    bias = torch.where(has_row, values - adjacency.sum(-1), torch.zeros(()))
+    return AttributionGraph(
+        tokens=tokens[0].cpu(), token_texts=model.to_str_tokens(tokens[0]) if model.tokenizer else
+        [str(t) for t in tokens[0].tolist()], n_layers=n_layers,
+        feature_index=torch.stack([feature_layer, feature_pos, feature_latent], -1).long(),
+        activations=torch.cat([layer.acts for layer in layers]),
+        logit_labels=logits.labels, logit_tokens=logits.token_ids, logit_probs=logits.probs,
+        adjacency=adjacency, has_row=has_row, values=values, bias=bias)
+
+
+def _one_prompt(model: HookedModel, prompt: TokensLike) -> torch.Tensor:
+    tokens = model.to_tokens(prompt) if isinstance(prompt, str) else prompt
+    if not isinstance(tokens, torch.Tensor) or tokens.dtype != torch.long:
+        raise SelectionError("an attribution graph is of one prompt: a text, or token ids [1, pos] / [pos]")
+    tokens = tokens[None] if tokens.ndim == 1 else tokens
+    if tokens.ndim != 2 or tokens.shape[0] != 1:
+        raise SelectionError(f"an attribution graph is of one prompt, got token ids of shape {tuple(tokens.shape)}")
+    return tokens.to(model.device)
+
+
+def _clean_pass(model: HookedModel, transcoders: TranscoderSet, tokens: torch.Tensor, targets: LogitTargets,
+                max_logits: int, logit_prob: float, skip_first: bool):
+    """``(per-layer _Layer, _Logits, embed [p, d])`` of the real model's forward on ``tokens``."""
+    names = sorted({"blocks.0.resid_pre", "ln_final.out", *(f"blocks.{l}.mlp.out" for l in transcoders.layers),
+                    *(tc.cfg.hook_name for tc in transcoders)})
+    logits, cache = model.run_with_cache(tokens, names=names)
+    layers = []
+    with torch.no_grad():
+        for layer, tc in transcoders.items():
+            x = cache[tc.cfg.hook_name][0].to(tc.W_enc.dtype)
+            pre = tc.pre_activation(x)
+            acts = tc.encode(x)
+            if skip_first:
+                acts[0] = 0
+            positions, latents = acts.nonzero(as_tuple=True)
+            skip = x @ tc.W_skip if tc.W_skip is not None else torch.zeros_like(tc.b_dec).expand(x.shape[0], -1)
+            mlp_out = cache[f"blocks.{layer}.mlp.out"][0].to(tc.W_dec.dtype)
+            error = mlp_out - acts @ tc.W_dec - tc.b_dec - skip
+            layers.append(_Layer(positions, latents, acts[positions, latents], pre[positions, latents], error,
+                                 mlp_out - skip))
+    final = cache["ln_final.out"][0, -1].float()
+    return layers, _logit_targets(model, logits[0, -1], final, targets, max_logits, logit_prob), \
+        cache["blocks.0.resid_pre"][0].float()
+
+
+def _logit_targets(model: HookedModel, logits: torch.Tensor, final: torch.Tensor, targets: LogitTargets,
+                   max_logits: int, logit_prob: float) -> _Logits:
+    """The logit nodes (see `attribution_graph`); ``logits`` `[d_vocab]` and ``final``
+    (``ln_final.out``) `[d_model]` at the last position."""
+    w_u, b_u = model.weights().W_U.detach().float(), model.weights().b_U.detach().float()
+    probs = torch.softmax(logits.float(), -1)
+    if isinstance(targets, Mapping):
+        labels = list(targets)
+        vectors = torch.stack([_direction(model, v, label) for label, v in targets.items()])
+        return _Logits(labels, torch.full((len(labels),), -1), vectors, vectors @ final,
+                       torch.full((len(labels),), math.nan))
+    if targets is None:
+        ranked = torch.argsort(probs, descending=True)[:max_logits]
+        cumulative = probs[ranked].cumsum(0)
+        ids = ranked[: int((cumulative < logit_prob).sum()) + 1]
+    else:
+        ids = torch.tensor([model.to_single_token(t) if isinstance(t, str) else int(t) for t in targets])
+        if len(ids) == 0 or bool((ids < 0).any() | (ids >= w_u.shape[1]).any()):
+            raise SelectionError(f"logit targets must be token ids in [0, {w_u.shape[1]}) or single-token strings, "
+                                 f"got {list(targets)}")
+    ids = ids.cpu()
+    vectors = (w_u[:, ids] - w_u.mean(1, keepdim=True)).T  # [n, d_model]
+    values = vectors @ final + (b_u[ids] - b_u.mean())
+    labels = [model.to_string([int(i)]) if model.tokenizer else str(int(i)) for i in ids]
+    return _Logits(labels, ids, vectors, values, probs[ids].cpu())
+
+
+def _direction(model: HookedModel, vector: torch.Tensor, label: str) -> torch.Tensor:
+    if not isinstance(vector, torch.Tensor) or vector.shape != (model.cfg.d_model,):
+        raise SelectionError(f"custom logit target {label!r} must be a direction [d_model] = [{model.cfg.d_model}] "
+                             f"on ln_final.out, got {getattr(vector, 'shape', type(vector).__name__)}")
+    return vector.detach().float().cpu()
+
+
+class _Tracer:
+    """The frozen replacement model's forward on ``batch_size`` copies of the prompt, kept for
+    repeated backward passes; `rows` turns targets into adjacency rows."""
+
+    def __init__(self, model: HookedModel, transcoders: TranscoderSet, tokens: torch.Tensor, layers: list[_Layer],
+                 embed: torch.Tensor, batch_size: int, n_logits: int):
+        self.layers, self.embed, self.transcoders, self.n_logits = layers, embed, transcoders, n_logits
+        self.batch_size, self.n_pos = batch_size, tokens.shape[1]
+        live: dict[str, torch.Tensor] = {}
+        self.leaves: list[torch.Tensor] = []
+
+        def start(x: torch.Tensor, ctx) -> torch.Tensor:
+            leaf = x.detach().clone().requires_grad_(True)
+            self.leaves.insert(0, leaf)
+            return leaf
+
+        def read(x: torch.Tensor, ctx) -> None:
+            live[ctx.name] = x
+
+        def replace(layer: int):
+            tc = transcoders[layer]
+
+            def hook(x: torch.Tensor, ctx) -> torch.Tensor:
+                leaf = layers[layer].constant.to(x.dtype).expand_as(x).clone().requires_grad_(True)
+                self.leaves.append(leaf)
+                out = leaf
+                if tc.W_skip is not None:
+                    out = out + (live[tc.cfg.hook_name].to(tc.W_skip.dtype) @ tc.W_skip).to(x.dtype)
+                return out
+            return hook
+
+        hooks = {"blocks.0.resid_pre": start, "ln_final.out": read,
+                 **{tc.cfg.hook_name: read for tc in transcoders},
+                 **{f"blocks.{layer}.mlp.out": replace(layer) for layer in transcoders.layers}}
+        with torch.enable_grad(), model.linearized_at(tokens), model.hooks(hooks):
+            model(tokens.expand(batch_size, -1), return_type=None)
+        self.outputs = {"logit": live["ln_final.out"],
+                        **{layer: live[tc.cfg.hook_name] for layer, tc in transcoders.items()}}
+
+    def rows(self, targets: list[tuple[str, int | None, int, torch.Tensor]]) -> torch.Tensor:
+        """Adjacency rows `[len(targets), n_nodes]` (at most ``batch_size`` targets): each
+        ``(kind, layer, position, direction)`` is the direction read at ``position`` of the
+        transcoder input of ``layer`` (kind "feature") or of ``ln_final.out`` ("logit")."""
+        grad_outputs: dict = {}
+        for row, (kind, layer, position, direction) in enumerate(targets):
+            key = "logit" if kind == "logit" else layer
+            out = self.outputs[key]
+            if key not in grad_outputs:
+                grad_outputs[key] = torch.zeros_like(out)
+            grad_outputs[key][row, position] = direction.to(out.dtype)
+        keys = list(grad_outputs)
+        grads = torch.autograd.grad([self.outputs[k] for k in keys], self.leaves, [grad_outputs[k] for k in keys],
+                                    retain_graph=True, allow_unused=True)
+        embed_grad, layer_grads = grads[0], grads[1:]
+        n = len(targets)
+        parts = []
+        for layer, grad in zip(self.layers, layer_grads):
+            grad = torch.zeros(n, self.n_pos, self.embed.shape[-1]) if grad is None else grad[:n].float()
+            parts.append((layer, grad))
+        w_dec = [tc.W_dec.detach().float() for tc in self.transcoders]
+        features = [_feature_edges(grad, layer, w) for (layer, grad), w in zip(parts, w_dec)]
+        errors = [(grad * layer.error.float()).sum(-1) for layer, grad in parts]  # [n, p] each
+        tokens = (embed_grad[:n].float() * self.embed).sum(-1) if embed_grad is not None else \
+            torch.zeros(n, self.n_pos)
+        return torch.cat([*features, *errors, tokens, torch.zeros(n, self.n_logits)], -1)
+
+
+def _feature_edges(grad: torch.Tensor, layer: _Layer, w_dec: torch.Tensor) -> torch.Tensor:
+    """`[rows, n_features]`: ``acts * (W_dec[latent] . grad[:, position])``, in chunks of features."""
+    rows, n = grad.shape[0], len(layer.acts)
+    out = torch.empty(rows, n)
+    step = max(1, _CHUNK_FLOATS // max(1, rows * grad.shape[-1]))
+    for start in range(0, n, step):
+        part = slice(start, start + step)
+        out[:, part] = torch.einsum("rnd,nd->rn", grad[:, layer.positions[part]], w_dec[layer.latents[part]])
+    return out * layer.acts.float()
