@@ -31,6 +31,7 @@ final softcap (logit minus the mean logit, which does not change the probabiliti
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -39,7 +40,7 @@ from tqdm.auto import tqdm
 
 from ..errors import SelectionError
 from ..models.hooked import HookedModel, TokensLike
-from .influence import node_influence, row_normalised
+from .influence import row_normalised
 from .result import AttributionGraph
 from .transcoders import TranscoderSet
 
@@ -78,9 +79,10 @@ def attribution_graph(model: HookedModel, transcoders: TranscoderSet, prompt: To
 
     targets: None (top logits, see ``max_logits`` / ``logit_prob``), token ids or strings, or
       ``{label: direction [d_model]}`` read on ``ln_final.out`` at the last position.
-    max_features: compute the incoming edges of at most this many features, chosen in order
-      of their influence on the logits (as estimated from the rows computed so far, in
-      rounds of ``batch_size``); the others keep empty rows. None: all active features.
+    max_features: at most this many feature nodes, chosen in order of their influence on the
+      logits (as estimated from the rows computed so far, in rounds of ``batch_size``), each
+      with its incoming edges; the other active features are left out of the graph (their
+      summed edges into each row are `AttributionGraph.dropped`). None: every active feature.
     batch_size: rows per backward (copies of the prompt in the one kept forward).
     skip_first: position 0 (the attention sink, whose activations dwarf the others) has no
       feature nodes; its MLP outputs are error nodes.
@@ -91,63 +93,101 @@ def attribution_graph(model: HookedModel, transcoders: TranscoderSet, prompt: To
         raise SelectionError(f"batch_size and max_logits must be >= 1 and logit_prob in (0, 1], got {batch_size}, "
                              f"{max_logits}, {logit_prob}")
     layers, logits, embed = _clean_pass(model, transcoders, tokens, targets, max_logits, logit_prob, skip_first)
-    n_pos, n_layers = tokens.shape[1], model.cfg.n_layers
-    n_features = sum(len(layer.acts) for layer in layers)
-    n_nodes = n_features + n_layers * n_pos + n_pos + len(logits.labels)
-    n_rows = len(logits.labels) + (n_features if max_features is None else min(max_features, n_features))
+    n_pos, n_layers, n_logits = tokens.shape[1], model.cfg.n_layers, len(logits.labels)
+    n_active = sum(len(layer.acts) for layer in layers)
+    n_sources = n_active + n_layers * n_pos + n_pos
+    budget = n_active if max_features is None else min(max_features, n_active)
+    _check_memory(n_logits + budget, n_sources, n_logits)
+    rows = torch.zeros(n_logits + budget, n_sources)  # the logits' rows, then features' in the order computed
     if progress:
-        print(f"attribution graph: {n_pos} tokens, {n_features} active features, {n_nodes} nodes; adjacency "
-              f"{n_nodes * n_nodes * 4 / 2**20:.0f} MiB, {math.ceil(n_rows / batch_size)} backward passes of "
-              f"{batch_size} rows")
-    tracer = _Tracer(model, transcoders, tokens, layers, embed, batch_size, len(logits.labels))
-    adjacency = torch.zeros(n_nodes, n_nodes)
-    has_row = torch.zeros(n_nodes, dtype=torch.bool)
-    first_logit = n_nodes - len(logits.labels)
+        print(f"attribution graph: {n_pos} tokens, {n_active} active features, rows for {n_logits} logits and "
+              f"{budget} features: {rows.numel() * 4 / 2**20:.0f} MiB of edges, {math.ceil(len(rows) / batch_size)} "
+              f"backward passes of {batch_size} rows")
+    tracer = _Tracer(model, transcoders, tokens, layers, embed, batch_size)
     feature_layer = torch.cat([torch.full((len(layer.acts),), i) for i, layer in enumerate(layers)])
     feature_pos = torch.cat([layer.positions for layer in layers])
     feature_latent = torch.cat([layer.latents for layer in layers])
-    bar = tqdm(total=n_rows, disable=not progress, desc="attribution rows")
-
-    logit_rows = list(range(first_logit, n_nodes))
-    for start in range(0, len(logit_rows), batch_size):
-        chunk = logit_rows[start : start + batch_size]
-        adjacency[chunk] = tracer.rows([("logit", None, n_pos - 1, logits.vectors[i - first_logit]) for i in chunk])
-        has_row[chunk] = True
+    row_of = torch.full((n_active,), -1)  # feature -> its row in `rows`
+    bar = tqdm(total=len(rows), disable=not progress, desc="attribution rows")
+    for start in range(0, n_logits, batch_size):
+        chunk = range(start, min(n_logits, start + batch_size))
+        rows[chunk.start : chunk.stop] = tracer.rows([("logit", None, n_pos - 1, logits.vectors[i]) for i in chunk])
         bar.update(len(chunk))
-
-    def feature_targets(indices: list[int]):
-        return [("feature", int(feature_layer[i]), int(feature_pos[i]),
-                 transcoders[int(feature_layer[i])].W_enc[:, int(feature_latent[i])].detach()) for i in indices]
-
-    budget = n_features if max_features is None else min(max_features, n_features)
-    weights = torch.zeros(n_nodes)
-    weights[first_logit:] = torch.nan_to_num(logits.probs, nan=1.0 / len(logits.labels))
-    done = 0
-    while done < budget:
-        take = min(batch_size, budget - done)
-        if max_features is None or budget == n_features:
-            chosen = list(range(done, done + take))
+    weights = torch.nan_to_num(logits.probs.float(), nan=1.0 / n_logits)
+    filled = n_logits
+    while filled < len(rows):
+        take = min(batch_size, len(rows) - filled)
+        if budget == n_active:
+            chosen = torch.arange(filled - n_logits, filled - n_logits + take)
         else:  # the most influential features whose rows are still missing
-            influence = node_influence(row_normalised(adjacency), weights)[:n_features]
-            influence[has_row[:n_features]] = -1.0
-            chosen = torch.topk(influence, take).indices.tolist()
-        adjacency[chosen] = tracer.rows(feature_targets(chosen))
-        has_row[chosen] = True
-        done += take
+            influence = _feature_influence(rows[:filled], row_of, weights, n_layers)
+            influence[row_of >= 0] = -1.0
+            chosen = torch.topk(influence, take).indices
+        rows[filled : filled + take] = tracer.rows([
+            ("feature", int(feature_layer[i]), int(feature_pos[i]),
+             transcoders[int(feature_layer[i])].W_enc[:, int(feature_latent[i])].detach()) for i in chosen.tolist()])
+        row_of[chosen] = torch.arange(filled, filled + take)
+        filled += take
         bar.update(take)
     bar.close()
 
+    selected = (row_of >= 0).nonzero()[:, 0]  # in node order (layer, position, latent)
+    columns = torch.cat([selected, torch.arange(n_active, n_sources)])
+    target_rows = torch.cat([row_of[selected], torch.arange(n_logits)])
+    n_nodes = len(columns) + n_logits
+    adjacency = torch.zeros(n_nodes, n_nodes)
+    targets_at = torch.cat([torch.arange(len(selected)), torch.arange(n_nodes - n_logits, n_nodes)])
+    adjacency[targets_at[:, None], torch.arange(len(columns))[None]] = rows[target_rows][:, columns]
+    has_row = torch.zeros(n_nodes, dtype=torch.bool)
+    has_row[targets_at] = True
     values = torch.zeros(n_nodes)
-    values[:n_features] = torch.cat([layer.pre for layer in layers])
-    values[first_logit:] = logits.values
-    bias = torch.where(has_row, values - adjacency.sum(-1), torch.zeros(()))
+    values[: len(selected)] = torch.cat([layer.pre for layer in layers])[selected]
+    values[n_nodes - n_logits :] = logits.values
+    full = torch.zeros(n_nodes)
+    full[targets_at] = rows[target_rows].sum(-1)
     return AttributionGraph(
         tokens=tokens[0].cpu(), token_texts=model.to_str_tokens(tokens[0]) if model.tokenizer else
-        [str(t) for t in tokens[0].tolist()], n_layers=n_layers,
-        feature_index=torch.stack([feature_layer, feature_pos, feature_latent], -1).long(),
-        activations=torch.cat([layer.acts for layer in layers]),
+        [str(t) for t in tokens[0].tolist()], n_layers=n_layers, n_active=n_active,
+        feature_index=torch.stack([feature_layer, feature_pos, feature_latent], -1)[selected].long(),
+        activations=torch.cat([layer.acts for layer in layers])[selected],
         logit_labels=logits.labels, logit_tokens=logits.token_ids, logit_probs=logits.probs,
-        adjacency=adjacency, has_row=has_row, values=values, bias=bias)
+        adjacency=adjacency, has_row=has_row, values=values,
+        bias=torch.where(has_row, values - full, torch.zeros(())), dropped=full - adjacency.sum(-1))
+
+
+def _check_memory(n_rows: int, n_sources: int, n_logits: int) -> None:
+    """A `SelectionError` when ``n_rows`` fp32 edge rows of ``n_sources`` would take over half
+    of the memory available now."""
+    try:
+        available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):  # not a POSIX system: no estimate
+        return
+    needed = n_rows * n_sources * 4
+    if needed > available / 2:
+        fit = int(available / 2 / 4 / n_sources) - n_logits
+        raise SelectionError(f"the edge rows need {needed / 2**30:.1f} GiB ({n_rows} rows x {n_sources} "
+                             f"sources), over half of the {available / 2**30:.1f} GiB available: pass "
+                             f"max_features={max(1, fit)} or fewer (rows in order of influence)")
+
+
+def _feature_influence(rows: torch.Tensor, row_of: torch.Tensor, weights: torch.Tensor, n_layers: int) -> torch.Tensor:
+    """`[n_active]`: each feature's influence on the logits through the rows computed so far
+    (``rows`` `[r, n_sources]`, the logits' first, weighted by ``weights``; ``row_of`` maps a
+    feature to its row or -1), summed over paths in the row-normalised graph."""
+    normalised = row_normalised(rows)
+    n_active = len(row_of)
+    has = row_of >= 0
+    current = torch.zeros(len(rows))
+    current[: len(weights)] = weights
+    total = torch.zeros(rows.shape[1])
+    for _ in range(n_layers + 2):  # a path visits each layer once, then the logits
+        reach = current @ normalised
+        if not bool(reach.any()):
+            break
+        total += reach
+        current = torch.zeros(len(rows))
+        current[row_of[has]] = reach[:n_active][has]
+    return total[:n_active]
 
 
 def _one_prompt(model: HookedModel, prompt: TokensLike) -> torch.Tensor:
@@ -224,8 +264,8 @@ class _Tracer:
     repeated backward passes; `rows` turns targets into adjacency rows."""
 
     def __init__(self, model: HookedModel, transcoders: TranscoderSet, tokens: torch.Tensor, layers: list[_Layer],
-                 embed: torch.Tensor, batch_size: int, n_logits: int):
-        self.layers, self.embed, self.transcoders, self.n_logits = layers, embed, transcoders, n_logits
+                 embed: torch.Tensor, batch_size: int):
+        self.layers, self.embed, self.transcoders = layers, embed, transcoders
         self.batch_size, self.n_pos = batch_size, tokens.shape[1]
         live: dict[str, torch.Tensor] = {}
         self.leaves: list[torch.Tensor] = []
@@ -259,7 +299,8 @@ class _Tracer:
                         **{layer: live[tc.cfg.hook_name] for layer, tc in transcoders.items()}}
 
     def rows(self, targets: list[tuple[str, int | None, int, torch.Tensor]]) -> torch.Tensor:
-        """Adjacency rows `[len(targets), n_nodes]` (at most ``batch_size`` targets): each
+        """Edge rows `[len(targets), n_sources]` (at most ``batch_size`` targets; sources: every
+        active feature, error node and token, in node order): each
         ``(kind, layer, position, direction)`` is the direction read at ``position`` of the
         transcoder input of ``layer`` (kind "feature") or of ``ln_final.out`` ("logit")."""
         grad_outputs: dict = {}
@@ -283,7 +324,7 @@ class _Tracer:
         errors = [(grad * layer.error.float()).sum(-1) for layer, grad in parts]  # [n, p] each
         tokens = (embed_grad[:n].float() * self.embed).sum(-1) if embed_grad is not None else \
             torch.zeros(n, self.n_pos)
-        return torch.cat([*features, *errors, tokens, torch.zeros(n, self.n_logits)], -1)
+        return torch.cat([*features, *errors, tokens], -1)
 
 
 def _feature_edges(grad: torch.Tensor, layer: _Layer, w_dec: torch.Tensor) -> torch.Tensor:

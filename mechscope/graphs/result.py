@@ -26,8 +26,10 @@ class AttributionGraph(Result):
     """tokens `[p]`, feature_index `[n_f, 3]` (layer, position, latent), activations `[n_f]`,
     logit_tokens / logit_probs `[n_l]` (-1 / NaN for custom directions), adjacency `[n, n]`,
     has_row `[n]` (whose incoming edges were computed), values `[n]` (a feature's
-    pre-activation, a logit's demeaned value; 0 elsewhere), bias `[n]` (value minus the sum of
-    the row: what constants contribute)."""
+    pre-activation, a logit's demeaned value; 0 elsewhere), bias `[n]` (what constants
+    contribute), dropped `[n]` (the summed edges from active features that are not nodes: with
+    ``max_features`` only the features whose rows were computed are), so that for every row
+    ``value = row.sum() + dropped + bias``; n_active: the prompt's active features in all."""
 
     tokens: torch.Tensor
     token_texts: list[str]
@@ -41,6 +43,8 @@ class AttributionGraph(Result):
     has_row: torch.Tensor
     values: torch.Tensor
     bias: torch.Tensor
+    dropped: torch.Tensor
+    n_active: int
 
     _value = "influence"
     _signed = False
@@ -159,5 +163,5 @@ class AttributionGraph(Result):
 
     def summary(self) -> str:
         top = self.logit_labels[0] if self.logit_labels else "?"
-        return (f"{self.n_pos} tokens, {self.n_features} active features ({int(self.has_row[:self.n_features].sum())} "
-                f"with rows), {len(self.logit_labels)} logits (top {top!r})")
+        return (f"{self.n_pos} tokens, {self.n_features} feature nodes of {self.n_active} active features, "
+                f"{len(self.logit_labels)} logits (top {top!r})")

@@ -143,19 +143,26 @@ def test_transcoders_that_never_fire_leave_error_nodes_and_their_dla():
         assert edge == pytest.approx(mlp, rel=1e-4, abs=1e-5)
 
 
-def test_max_features_computes_the_most_influential_rows_first():
+def test_max_features_keeps_the_most_influential_features():
     model, tokens, transcoders, full = _built("llama")
     budget = full.n_features // 3
     partial = ms.attribution_graph(model, transcoders, tokens, max_logits=3, logit_prob=1.0, batch_size=4,
                                    max_features=budget, progress=False)
-    computed = partial.has_row[: partial.n_features]
-    assert int(computed.sum()) == budget
-    rows = partial.has_row.nonzero()[:, 0]
-    torch.testing.assert_close(partial.adjacency[rows], full.adjacency[rows])  # the same rows, wherever computed
-    first_round = computed.nonzero()[:4, 0]  # chosen from the logit rows alone: direct influence on logits
-    direct = full.adjacency[full.first_logit:, : full.n_features].abs()
-    direct = (direct / full.adjacency[full.first_logit:].abs().sum(-1, keepdim=True) * full.logit_probs[:, None]).sum(0)
-    assert set(first_round.tolist()) <= set(torch.topk(direct, budget).indices.tolist())
+    assert partial.n_features == budget and partial.n_active == full.n_active == full.n_features
+    kept = [full.feature_node(*f) for f in partial.feature_index.tolist()]
+    columns = kept + list(range(full.first_error, full.first_logit))
+    targets = kept + list(range(full.first_logit, full.n_nodes))
+    torch.testing.assert_close(partial.adjacency[partial.has_row][:, : partial.first_logit],
+                               full.adjacency[targets][:, columns])  # the same edges among the kept nodes
+    rows = partial.has_row
+    torch.testing.assert_close(partial.adjacency[rows].sum(-1) + partial.dropped[rows] + partial.bias[rows],
+                               partial.values[rows])
+    assert partial.dropped[rows].abs().sum() > 0
+    # the first round is chosen from the logit rows alone: the features with most direct influence on the logits
+    direct = full.adjacency[full.first_logit:].abs()
+    direct = (direct / direct.sum(-1, keepdim=True) * full.logit_probs[:, None]).sum(0)[: full.n_features]
+    strongest = set(torch.topk(direct, 4).indices.tolist())
+    assert strongest <= set(kept)
 
 
 def test_bad_input_is_refused():
