@@ -25,3 +25,26 @@ def node_influence(normalised: torch.Tensor, weights: torch.Tensor, max_steps: i
             break
         total += current
     return total
+
+
+def logit_weights(n_nodes: int, probs: torch.Tensor) -> torch.Tensor:
+    """`[n_nodes]`: the logit nodes (the last ``len(probs)``) weighted by their probabilities
+    (equal weights where a custom direction has none), zero elsewhere."""
+    weights = torch.zeros(n_nodes)
+    probs = probs.float()
+    weights[n_nodes - len(probs):] = torch.where(probs.isnan(), 1.0 / len(probs), probs)
+    return weights
+
+
+def cumulative_keep(scores: torch.Tensor, threshold: float) -> torch.Tensor:
+    """`[n]` bool: the highest ``scores`` (non-negative) whose running total first reaches
+    ``threshold`` of the sum (ties broken by order; all False for an all-zero vector)."""
+    total = scores.sum()
+    keep = torch.zeros_like(scores, dtype=torch.bool)
+    if total <= 0:
+        return keep
+    order = torch.argsort(scores, descending=True, stable=True)
+    running = scores[order].cumsum(0) / total
+    n_kept = int((running < threshold).sum()) + 1
+    keep[order[: min(n_kept, len(scores))]] = True
+    return keep & (scores > 0)

@@ -7,6 +7,7 @@ Node order (circuit-tracer's): active features (by layer, position, latent), err
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from dataclasses import dataclass
@@ -18,7 +19,8 @@ import torch
 from ..errors import SelectionError
 from ..result import Result
 from ..viz import figures
-from .influence import node_influence, row_normalised
+from .influence import logit_weights, node_influence, row_normalised
+from .pruning import graph_scores, prune_masks
 
 
 @dataclass
@@ -45,6 +47,7 @@ class AttributionGraph(Result):
     bias: torch.Tensor
     dropped: torch.Tensor
     n_active: int
+    kept: torch.Tensor | None = None  # [n] bool: the nodes a pruned graph keeps (None: all)
 
     _value = "influence"
     _signed = False
@@ -112,10 +115,30 @@ class AttributionGraph(Result):
     def influence(self) -> torch.Tensor:
         """`[n]`: each node's influence on the logits (weighted by their probabilities; equal
         weights for custom directions), summed over all paths of the row-normalised graph."""
-        weights = torch.zeros(self.n_nodes)
-        probs = self.logit_probs.float()
-        weights[self.first_logit:] = torch.where(probs.isnan(), 1.0 / len(probs), probs)
-        return node_influence(row_normalised(self.adjacency), weights)
+        return node_influence(row_normalised(self.adjacency), logit_weights(self.n_nodes, self.logit_probs))
+
+    @property
+    def kinds(self) -> torch.Tensor:
+        """`[n]`: 0 feature, 1 error, 2 token, 3 logit."""
+        sizes = torch.tensor([self.n_features, self.n_layers * self.n_pos, self.n_pos, len(self.logit_labels)])
+        return torch.repeat_interleave(torch.arange(4), sizes)
+
+    def prune(self, node_threshold: float = 0.8, edge_threshold: float = 0.98) -> AttributionGraph:
+        """The graph pruned by cumulative influence (`graphs.pruning`; circuit-tracer's defaults):
+        same node layout, ``kept`` marking the nodes left, pruned edges zeroed (their weights
+        join ``dropped``, so ``value = row.sum() + dropped + bias`` still holds)."""
+        nodes, edges = prune_masks(self.adjacency, self.logit_probs, self.kinds, node_threshold=node_threshold,
+                                   edge_threshold=edge_threshold)
+        if self.kept is not None:
+            nodes = nodes & self.kept
+            edges = edges & nodes[:, None] & nodes[None, :]
+        adjacency = self.adjacency * edges
+        return dataclasses.replace(self, adjacency=adjacency, kept=nodes,
+                                   dropped=self.dropped + (self.adjacency - adjacency).sum(-1))
+
+    def scores(self) -> dict[str, float]:
+        """Replacement and completeness scores of this graph (`graphs.pruning.graph_scores`)."""
+        return graph_scores(self.adjacency, self.logit_probs, self.kinds)
 
     # -- the protocol --------------------------------------------------------------------------
     def to_dataframe(self) -> pd.DataFrame:
@@ -123,7 +146,7 @@ class AttributionGraph(Result):
         n_layers for logits), pos, latent (-1 if not a feature), activation, value, influence."""
         frame = self._nodes.copy()
         frame["influence"] = self.influence.double().numpy()
-        return frame
+        return frame if self.kept is None else frame[self.kept.numpy()].reset_index(drop=True)
 
     def edges(self, *, min_weight: float = 0.0, target: int | None = None) -> pd.DataFrame:
         """One row per nonzero edge (``|weight| > min_weight``; of one ``target`` node if given):
@@ -163,5 +186,6 @@ class AttributionGraph(Result):
 
     def summary(self) -> str:
         top = self.logit_labels[0] if self.logit_labels else "?"
-        return (f"{self.n_pos} tokens, {self.n_features} feature nodes of {self.n_active} active features, "
+        pruned = "" if self.kept is None else f"pruned to {int(self.kept.sum())} nodes; "
+        return (f"{pruned}{self.n_pos} tokens, {self.n_features} feature nodes of {self.n_active} active features, "
                 f"{len(self.logit_labels)} logits (top {top!r})")
