@@ -74,6 +74,7 @@ _LAZY: dict[str, str] = {
     "AttributionGraph": ".graphs.result",
     "TranscoderSet": ".graphs.transcoders",
     "attribution_graph": ".graphs.attribution",
+    "train_transcoders": ".graphs.training",
     "FactPrompt": ".data.facts",
     "fact_prompts": ".data.facts",
     "make_fact": ".data.facts",
@@ -152,6 +153,7 @@ if TYPE_CHECKING:  # what the names are, for type checkers and IDEs
     from .data.tasks import PromptPairs, induction_pairs, pairs_from_strings
     from .graphs.attribution import attribution_graph
     from .graphs.result import AttributionGraph
+    from .graphs.training import train_transcoders
     from .graphs.transcoders import TranscoderSet
     from .models.cache import ActivationCache
     from .models.config import ModelConfig
@@ -286,6 +288,7 @@ __all__ = [
     "splice_hooks",
     "train_induction_model",
     "train_sae",
+    "train_transcoders",
     "train_tuned_lens",
     "training_batches",
     "viz",

@@ -92,70 +92,119 @@ def train_sae(sae: SAE, batches: BatchSource, config: TrainConfig, *, out: str |
     ``out``: the folder of ``checkpoint.safetensors``; ``resume=True`` continues from it (a
     checkpoint of another config or SAE is refused); ``on_checkpoint(step)`` runs after each
     checkpoint is written."""
-    arch = sae.cfg.arch
     if resume and out is None:
         raise SelectionError("resume=True needs the run's out folder")
     torch.manual_seed(config.seed)
-    if not bool(sae.W_dec.detach().any()):
-        init_sae(sae, config.seed)
-    sae.train()
-    params = [p for p in sae.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(params, lr=config.lr, betas=(0.9, 0.999))
+    trainer = SAETrainer(sae, config)
+    optimizer = torch.optim.Adam(trainer.params, lr=config.lr, betas=(0.9, 0.999))
     loop = TrainingLoop(config.steps, optimizer=optimizer,
                         checkpoint=Path(out) / "checkpoint.safetensors" if out is not None else None,
                         checkpoint_every=config.checkpoint_every, resume=resume, progress=progress,
-                        settings={"config": asdict(config), "sae": sae.cfg.to_dict()}, desc=f"{arch.name} SAE")
-    counters = {"tokens": 0, "scale_in": 1.0, "scale_out": 1.0}
-    device = sae.W_dec.device
-    last_fired = torch.zeros(sae.cfg.d_sae, dtype=torch.long, device=device)
+                        settings={"config": asdict(config), "sae": sae.cfg.to_dict()}, desc=f"{sae.cfg.arch.name} SAE")
     restored = loop.restore()
     if restored is not None:
-        with torch.no_grad():
-            for name, param in sae.named_parameters():
-                param.copy_(restored[name])
-        last_fired.copy_(restored["last_fired"])
-        counters = loop.meta["counters"]
-    world = world_size()
+        trainer.restore(restored, loop.meta["counters"])
     source = StepBatches(batches, start=loop.start, steps=config.steps)
 
     def step(index: int) -> dict[str, str] | None:
         x, target = source(index)
-        x, target = x.to(device, torch.float32), target.to(device, torch.float32)
+        set_lr(optimizer, config, index)
+        loss, shown = trainer.loss(index, x, target, show=loop.show_progress)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        trainer.after_backward()
+        optimizer.step()
+        trainer.after_step()
+        return shown
+
+    def state() -> tuple[dict[str, torch.Tensor], dict]:
+        return trainer.state(), {"counters": trainer.counters}
+
+    loop.run(step, state, on_checkpoint=on_checkpoint)
+    return trainer.finish()
+
+
+def set_lr(optimizer: torch.optim.Optimizer, config: TrainConfig, step: int) -> None:
+    """Every parameter group's learning rate at ``step``: warm-up, then the linear decay."""
+    for group in optimizer.param_groups:
+        group["lr"] = config.lr * _lr_factor(step, config)
+
+
+class SAETrainer:
+    """One SAE's share of a training step (`train_sae` drives one; a transcoder set's trainer
+    drives one per layer under one optimizer): the loss of a batch, what follows its backward
+    (gradient averaging over ranks, the decoder's unit-norm constraint, dead-latent counters),
+    the tensors and counters a checkpoint holds, and the final scale folding."""
+
+    def __init__(self, sae: SAE, config: TrainConfig):
+        self.sae, self.config = sae, config
+        if not bool(sae.W_dec.detach().any()):
+            init_sae(sae, config.seed)
+        sae.train()
+        self.params = [p for p in sae.parameters() if p.requires_grad]
+        self.device = sae.W_dec.device
+        self.counters = {"tokens": 0, "scale_in": 1.0, "scale_out": 1.0}
+        self.last_fired = torch.zeros(sae.cfg.d_sae, dtype=torch.long, device=self.device)
+        self._fired: torch.Tensor | None = None
+        self._rows = 0
+
+    def restore(self, tensors: dict[str, torch.Tensor], counters: dict, prefix: str = "") -> None:
+        """Take the weights and counters a checkpoint holds (``state(prefix)`` wrote them)."""
+        with torch.no_grad():
+            for name, param in self.sae.named_parameters():
+                param.copy_(tensors[prefix + name])
+        self.last_fired.copy_(tensors[prefix + "last_fired"])
+        self.counters = dict(counters)
+
+    def state(self, prefix: str = "") -> dict[str, torch.Tensor]:
+        """The tensors to checkpoint (names prefixed by ``prefix``); the counters are `counters`."""
+        tensors = {prefix + name: p.detach() for name, p in self.sae.named_parameters()}
+        return {**tensors, prefix + "last_fired": self.last_fired}
+
+    def loss(self, index: int, x: torch.Tensor, target: torch.Tensor, *, show: bool = False
+             ) -> tuple[torch.Tensor, dict[str, str] | None]:
+        """``(loss, progress fields or None)`` of step ``index`` on ``x`` `[b, d_in]`,
+        ``target`` `[b, d_output]` (step 0 also sets the scales and ``b_dec``)."""
+        config, sae, counters = self.config, self.sae, self.counters
+        x, target = x.to(self.device, torch.float32), target.to(self.device, torch.float32)
         if index == 0:
             _start(sae, x, target, config, counters)
         x, target = x * counters["scale_in"], target * counters["scale_out"]
-        for group in optimizer.param_groups:
-            group["lr"] = config.lr * _lr_factor(index, config)
-        dead = counters["tokens"] - last_fired >= config.dead_window_tokens
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.autocast):
-            result = arch.train_step(sae, TrainBatch(x, target, sae.pre_activation(x), dead, index), config)
+        dead = counters["tokens"] - self.last_fired >= config.dead_window_tokens
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=config.autocast):
+            result = sae.cfg.arch.train_step(sae, TrainBatch(x, target, sae.pre_activation(x), dead, index), config)
         error = target - result.recon.float()
+        self._fired, self._rows = result.fired, x.shape[0]
         loss = error.pow(2).sum(-1).mean() + result.loss
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        average_gradients(params)
-        fired = all_reduce_(result.fired, "max")
-        if arch.unit_norm_decoder:
-            _remove_parallel_grad(sae.W_dec)
-        optimizer.step()
+        if not show:
+            return loss, None
         with torch.no_grad():
-            if arch.unit_norm_decoder:
+            fve = 1 - error.pow(2).sum() / (target - target.mean(0)).pow(2).sum()
+        return loss, {"L0": f"{result.l0:.1f}", "FVE": f"{fve:.3f}", "dead": f"{dead.float().mean():.2f}"}
+
+    def after_backward(self) -> None:
+        """Average the gradients over ranks; combine the fired latents; keep the decoder's
+        gradient orthogonal to its unit-norm rows (architectures that constrain them)."""
+        average_gradients(self.params)
+        self._fired = all_reduce_(self._fired, "max")
+        if self.sae.cfg.arch.unit_norm_decoder:
+            _remove_parallel_grad(self.sae.W_dec)
+
+    def after_step(self) -> None:
+        """After the optimizer's step: renormalise decoder rows, the architecture's own update,
+        the token and dead-latent counters."""
+        sae = self.sae
+        with torch.no_grad():
+            if sae.cfg.arch.unit_norm_decoder:
                 sae.W_dec.div_(sae.W_dec.norm(dim=-1, keepdim=True).clamp_min(1e-8))
-            arch.after_step(sae)
-        counters["tokens"] += x.shape[0] * world
-        last_fired[fired.bool()] = counters["tokens"]
-        if not loop.show_progress:
-            return None
-        fve = 1 - error.pow(2).sum() / (target - target.mean(0)).pow(2).sum()
-        return {"L0": f"{result.l0:.1f}", "FVE": f"{fve:.3f}", "dead": f"{dead.float().mean():.2f}"}
+            sae.cfg.arch.after_step(sae)
+        self.counters["tokens"] += self._rows * world_size()
+        self.last_fired[self._fired.bool()] = self.counters["tokens"]
 
-    def state() -> tuple[dict[str, torch.Tensor], dict]:
-        tensors = {name: p.detach() for name, p in sae.named_parameters()}
-        return {**tensors, "last_fired": last_fired}, {"counters": counters}
-
-    loop.run(step, state, on_checkpoint=on_checkpoint)
-    fold_scale(sae, counters["scale_in"], counters["scale_out"])
-    return sae.eval()
+    def finish(self) -> SAE:
+        """The trained SAE reading and writing unscaled activations, in eval mode."""
+        fold_scale(self.sae, self.counters["scale_in"], self.counters["scale_out"])
+        return self.sae.eval()
 
 
 def _start(sae: SAE, x: torch.Tensor, target: torch.Tensor, config: TrainConfig, counters: dict) -> None:
