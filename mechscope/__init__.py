@@ -74,6 +74,8 @@ _LAZY: dict[str, str] = {
     "AttributionGraph": ".graphs.result",
     "TranscoderSet": ".graphs.transcoders",
     "attribution_graph": ".graphs.attribution",
+    "load_transcoders": ".graphs.formats",
+    "save_transcoders": ".graphs.formats",
     "train_transcoders": ".graphs.training",
     "FactPrompt": ".data.facts",
     "fact_prompts": ".data.facts",
@@ -152,6 +154,7 @@ if TYPE_CHECKING:  # what the names are, for type checkers and IDEs
     from .data.repeated import repeated_random_tokens
     from .data.tasks import PromptPairs, induction_pairs, pairs_from_strings
     from .graphs.attribution import attribution_graph
+    from .graphs.formats import load_transcoders, save_transcoders
     from .graphs.result import AttributionGraph
     from .graphs.training import train_transcoders
     from .graphs.transcoders import TranscoderSet
@@ -272,6 +275,7 @@ __all__ = [
     "lens_kl",
     "load",
     "load_sae",
+    "load_transcoders",
     "logit_diff",
     "logit_lens",
     "make_fact",
@@ -285,6 +289,7 @@ __all__ = [
     "resample_rows",
     "sae",
     "save_saelens",
+    "save_transcoders",
     "splice_hooks",
     "train_induction_model",
     "train_sae",
