@@ -74,6 +74,8 @@ _LAZY: dict[str, str] = {
     "AttributionGraph": ".graphs.result",
     "TranscoderSet": ".graphs.transcoders",
     "attribution_graph": ".graphs.attribution",
+    "TranscoderSetEvaluation": ".graphs.evaluate",
+    "evaluate_transcoders": ".graphs.evaluate",
     "load_transcoders": ".graphs.formats",
     "save_transcoders": ".graphs.formats",
     "train_transcoders": ".graphs.training",
@@ -154,6 +156,7 @@ if TYPE_CHECKING:  # what the names are, for type checkers and IDEs
     from .data.repeated import repeated_random_tokens
     from .data.tasks import PromptPairs, induction_pairs, pairs_from_strings
     from .graphs.attribution import attribution_graph
+    from .graphs.evaluate import TranscoderSetEvaluation, evaluate_transcoders
     from .graphs.formats import load_transcoders, save_transcoders
     from .graphs.result import AttributionGraph
     from .graphs.training import train_transcoders
@@ -232,6 +235,7 @@ __all__ = [
     "TokenIdError",
     "TrainConfig",
     "TranscoderSet",
+    "TranscoderSetEvaluation",
     "TunedLens",
     "UnknownActivationError",
     "UnsupportedArchitectureError",
@@ -258,6 +262,7 @@ __all__ = [
     "eap_ig",
     "edge_pruning",
     "evaluate_sae",
+    "evaluate_transcoders",
     "extend",
     "fact_prompts",
     "faithfulness",

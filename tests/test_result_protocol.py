@@ -140,8 +140,14 @@ def _attribution_graph(tiny, sae):
     yield ms.attribution_graph(tiny.model, transcoders, tiny.tokens[:1, :6], max_logits=2, progress=False)
 
 
+def _transcoder_evaluation(tiny, sae):
+    transcoders = ms.TranscoderSet.fresh(tiny.model, d_sae=16, k=2, seed=1)
+    yield ms.evaluate_transcoders(tiny.model, transcoders, _windows()[:4])
+
+
 BUILDERS = {
     "AttributionGraph": _attribution_graph,
+    "TranscoderSetEvaluation": _transcoder_evaluation,
     "PatchingResult": _patching,
     "CausalTrace": _trace,
     "LensResult": _lens,
