@@ -39,8 +39,15 @@ def _sae(args: argparse.Namespace) -> None:
     run_sae(args)
 
 
+def _transcoders(args: argparse.Namespace) -> None:
+    from .graphs.commands import run as run_transcoders
+
+    run_transcoders(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The parser of every command (builds without importing torch)."""
+    from .graphs.commands import add_parsers as add_transcoder_parsers
     from .sae.commands import add_parsers as add_sae_parsers
 
     parser = argparse.ArgumentParser(prog="mechscope", description="Mechanistic interpretability toolkit.")
@@ -62,6 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_sae_parsers(sub, parents=(common,))
     sub.choices["sae"].set_defaults(handler=_sae)
+    add_transcoder_parsers(sub, parents=(common,))
+    sub.choices["transcoders"].set_defaults(handler=_transcoders)
     return parser
 
 

@@ -100,3 +100,22 @@ def tiny(request) -> Tiny:
 @pytest.fixture(scope="session")
 def smol() -> ms.HookedModel:
     return ms.load("smollm2-135m")
+
+
+@pytest.fixture(scope="session")
+def saved_model(tmp_path_factory, smol):
+    """``(folder, corpus)``: a small random Llama saved with the bundled tokenizer, and a local
+    text corpus (three standard-library modules), for the command-line tests."""
+    import sysconfig
+    from pathlib import Path
+
+    folder = tmp_path_factory.mktemp("model")
+    config = tf.LlamaConfig(vocab_size=len(smol.tokenizer), hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
+    torch.manual_seed(0)
+    tf.LlamaForCausalLM(config).save_pretrained(folder)
+    smol.tokenizer.save_pretrained(folder)
+    corpus = folder / "corpus.txt"
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    corpus.write_text("\n".join((stdlib / name).read_text() for name in ("textwrap.py", "shlex.py", "glob.py")))
+    return folder, corpus

@@ -50,6 +50,25 @@ def parse_count(text: str) -> int:
     return round(float(match.group(1)) * _SUFFIXES[match.group(2).lower()])
 
 
+def add_data_options(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The model and corpus options every harvesting command takes (``sae`` and
+    ``transcoders`` subcommands); returns ``parser``."""
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--dtype", default="auto", choices=DTYPES,
+                        help="the model's dtype while harvesting (activations are stored in it); auto: bfloat16 "
+                             "where the device computes it natively, else float32")
+    parser.add_argument("--corpus", default="wikipedia+python_stdlib",
+                        help="'+'-joined corpora: wikipedia, python_stdlib, hf:<dataset>[:<split>:<column>], a file")
+    parser.add_argument("--max-chars", type=parse_count, default=None,
+                        help="read at most this many characters of each streamed (hf:) corpus; give every "
+                             "step the same value, so that they cut the same windows")
+    parser.add_argument("--context-size", type=int, default=128, help="tokens per window (at least 2)")
+    parser.add_argument("--eval-windows", type=int, default=256, help="windows held out of training")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default=None)
+    return parser
+
+
 def add_parsers(sub: argparse._SubParsersAction, parents: tuple[argparse.ArgumentParser, ...] = ()) -> None:
     """The ``sae`` command and its subcommands (``parents``: options every subcommand takes).
     Builds without importing torch."""
@@ -58,21 +77,7 @@ def add_parsers(sub: argparse._SubParsersAction, parents: tuple[argparse.Argumen
     steps = sae.add_subparsers(dest="sae_command", required=True)
 
     def step(name: str, help: str) -> argparse.ArgumentParser:
-        parser = steps.add_parser(name, help=help, parents=list(parents))
-        parser.add_argument("--model", default="smollm2-135m")
-        parser.add_argument("--dtype", default="auto", choices=DTYPES,
-                            help="the model's dtype while harvesting (activations are stored in it); auto: bfloat16 "
-                                 "where the device computes it natively, else float32")
-        parser.add_argument("--corpus", default="wikipedia+python_stdlib",
-                            help="'+'-joined corpora: wikipedia, python_stdlib, hf:<dataset>[:<split>:<column>], a file")
-        parser.add_argument("--max-chars", type=parse_count, default=None,
-                            help="read at most this many characters of each streamed (hf:) corpus; give every "
-                                 "step the same value, so that they cut the same windows")
-        parser.add_argument("--context-size", type=int, default=128, help="tokens per window (at least 2)")
-        parser.add_argument("--eval-windows", type=int, default=256, help="windows held out of training")
-        parser.add_argument("--seed", type=int, default=0)
-        parser.add_argument("--device", default=None)
-        return parser
+        return add_data_options(steps.add_parser(name, help=help, parents=list(parents)))
 
     harvest = step("harvest", "fill an activation cache (resumable)")
     harvest.add_argument("--hook", required=True, action="append", help="activation name (repeatable)")
@@ -150,7 +155,7 @@ def check_ranges(args: argparse.Namespace) -> None:
         raise ArgumentError("; ".join(problems))
 
 
-def _folder_path(path: str | None, option: str) -> None:
+def check_folder(path: str | None, option: str) -> None:
     """An `OutputPathError` when ``path`` (a folder to write) or a parent of it is a file."""
     if path is None:
         return
@@ -162,25 +167,25 @@ def _folder_path(path: str | None, option: str) -> None:
             return
 
 
-def _file_path(path: str | None, option: str) -> None:
+def check_file(path: str | None, option: str) -> None:
     """An `OutputPathError` when ``path`` (a file to write) is a folder or its parent a file."""
     if path is None:
         return
     if Path(path).is_dir():
         raise OutputPathError(f"{option} {path!r} is a folder; it must be a file name")
-    _folder_path(str(Path(path).parent), f"the folder of {option}")
+    check_folder(str(Path(path).parent), f"the folder of {option}")
 
 
 def check_paths(args: argparse.Namespace) -> None:
     """Output paths that cannot be written: a run or cache folder that is a file, an output
     file that is a folder."""
     command = args.sae_command
-    _folder_path(getattr(args, "activations", None), "--activations")
+    check_folder(getattr(args, "activations", None), "--activations")
     if command == "train":
-        _folder_path(args.out, "--out")
+        check_folder(args.out, "--out")
     elif command in ("eval", "dashboard"):
-        _file_path(args.out, "--out")
-        _file_path(getattr(args, "neuronpedia", None), "--neuronpedia")
+        check_file(args.out, "--out")
+        check_file(getattr(args, "neuronpedia", None), "--neuronpedia")
 
 
 def model_hook_points(model: str) -> dict[str, HookPoint]:
@@ -313,7 +318,9 @@ def run(args: argparse.Namespace) -> None:
     {"harvest": _harvest, "train": _train, "eval": _eval, "dashboard": _dashboard}[args.sae_command](args, found)
 
 
-def _windows(args: argparse.Namespace, model) -> tuple[torch.Tensor, torch.Tensor]:
+def split_windows(args: argparse.Namespace, model) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(training windows, held-out windows)`` `[n, context_size]` of the corpus the data
+    options name, shuffled with ``--seed``; the last ``--eval-windows`` are held out."""
     from ..data.corpora import mixed_windows
 
     windows = mixed_windows(model.tokenizer, args.corpus.split("+"), args.context_size, seed=args.seed,
@@ -333,7 +340,8 @@ def model_dtype(args: argparse.Namespace) -> str:
     return dtype_name(default_dtype(args.device))
 
 
-def _load_model(args: argparse.Namespace):
+def load_model(args: argparse.Namespace):
+    """``--model`` loaded in the dtype ``--dtype`` asks for (said on rank 0), on ``--device``."""
     import torch
 
     from ..models.hardware import describe
@@ -359,7 +367,7 @@ def _fill_cache(args: argparse.Namespace, model, hooks: list[str], folder: Path,
     """Harvest this rank's share of the training windows (every ``world``-th one) into ``folder``."""
     from .store import harvest_to_disk
 
-    train_windows, _ = _windows(args, model)
+    train_windows, _ = split_windows(args, model)
     if max_tokens is not None:
         train_windows = train_windows[: math.ceil(max_tokens / (args.context_size - 1))]
     n_tokens = harvest_to_disk(model, _spec(args, hooks), train_windows[rank::world], folder, progress=rank == 0)
@@ -368,7 +376,7 @@ def _fill_cache(args: argparse.Namespace, model, hooks: list[str], folder: Path,
 
 
 def _harvest(args: argparse.Namespace, found: dict) -> None:
-    _fill_cache(args, _load_model(args), args.hook, Path(args.activations), args.tokens)
+    _fill_cache(args, load_model(args), args.hook, Path(args.activations), args.tokens)
 
 
 def _train(args: argparse.Namespace, found: dict) -> None:
@@ -385,13 +393,13 @@ def _train(args: argparse.Namespace, found: dict) -> None:
     cfg, config = found["configs"]
     out = Path(args.out)
     folder = Path(args.activations) if args.activations else out / "activations"
-    rank, world = _start_distributed()
+    rank, world = start_distributed()
     if world > 1:
         if args.batch_size % world:
             raise ArgumentError(f"--batch-size {args.batch_size} must divide evenly over {world} ranks")
         folder = folder / f"rank{rank}"
     hooks = [args.hook] + ([args.output_hook] if args.output_hook else [])
-    model = _load_model(args)
+    model = load_model(args)
     n_cached = _fill_cache(args, model, hooks, folder, args.tokens, rank, world)
     del model  # training reads the cache only
     spec = _spec(args, hooks)
@@ -417,7 +425,7 @@ def _train(args: argparse.Namespace, found: dict) -> None:
         torch.distributed.destroy_process_group()
 
 
-def _start_distributed() -> tuple[int, int]:
+def start_distributed() -> tuple[int, int]:
     """``(rank, world)``: joins the process group when launched by ``torchrun`` with several ranks."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return 0, 1
@@ -432,9 +440,9 @@ def _start_distributed() -> tuple[int, int]:
 def _eval(args: argparse.Namespace, found: dict) -> None:
     from .evaluate import evaluate_sae
 
-    model = _load_model(args)
+    model = load_model(args)
     sae = found["sae"].to(model.device)
-    _, held_out = _windows(args, model)
+    _, held_out = split_windows(args, model)
     result = evaluate_sae(model, sae, held_out, batch_size=args.batch_size)
     metrics = result.to_dict()
     for name, value in metrics.items():
@@ -446,9 +454,9 @@ def _eval(args: argparse.Namespace, found: dict) -> None:
 def _dashboard(args: argparse.Namespace, found: dict) -> None:
     from .features import collect_features
 
-    model = _load_model(args)
+    model = load_model(args)
     sae = found["sae"].to(model.device)
-    train_windows, _ = _windows(args, model)
+    train_windows, _ = split_windows(args, model)
     features = collect_features(model, sae, train_windows[: args.windows], batch_size=args.batch_size)
     alive = (features.fire_counts > 0).nonzero().squeeze(-1).tolist()
     latents = alive[: args.latents] if args.latents else alive

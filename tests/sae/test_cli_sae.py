@@ -7,30 +7,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import sysconfig
-from pathlib import Path
 
 import pytest
 import torch
-import transformers as tf
 
 import mechscope as ms
 from mechscope.sae.commands import parse_count
 from mechscope.training import checkpoint_history
-
-
-@pytest.fixture(scope="module")
-def saved_model(tmp_path_factory, smol):
-    folder = tmp_path_factory.mktemp("model")
-    config = tf.LlamaConfig(vocab_size=len(smol.tokenizer), hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-                            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
-    torch.manual_seed(0)
-    tf.LlamaForCausalLM(config).save_pretrained(folder)
-    smol.tokenizer.save_pretrained(folder)
-    corpus = folder / "corpus.txt"
-    stdlib = Path(sysconfig.get_paths()["stdlib"])
-    corpus.write_text("\n".join((stdlib / name).read_text() for name in ("textwrap.py", "shlex.py", "glob.py")))
-    return folder, corpus
 
 
 def _cli(*args: str) -> str:
