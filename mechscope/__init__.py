@@ -74,6 +74,9 @@ _LAZY: dict[str, str] = {
     "AttributionGraph": ".graphs.result",
     "TranscoderSet": ".graphs.transcoders",
     "attribution_graph": ".graphs.attribution",
+    "feature_activations": ".graphs.interventions",
+    "feature_intervention": ".graphs.interventions",
+    "generate_with_features": ".graphs.interventions",
     "TranscoderSetEvaluation": ".graphs.evaluate",
     "evaluate_transcoders": ".graphs.evaluate",
     "load_transcoders": ".graphs.formats",
@@ -158,6 +161,7 @@ if TYPE_CHECKING:  # what the names are, for type checkers and IDEs
     from .graphs.attribution import attribution_graph
     from .graphs.evaluate import TranscoderSetEvaluation, evaluate_transcoders
     from .graphs.formats import load_transcoders, save_transcoders
+    from .graphs.interventions import feature_activations, feature_intervention, generate_with_features
     from .graphs.result import AttributionGraph
     from .graphs.training import train_transcoders
     from .graphs.transcoders import TranscoderSet
@@ -266,7 +270,10 @@ __all__ = [
     "extend",
     "fact_prompts",
     "faithfulness",
+    "feature_activations",
+    "feature_intervention",
     "full_ov_circuit",
+    "generate_with_features",
     "greater_than",
     "greater_than_prob_diff",
     "harvest",
