@@ -11,6 +11,7 @@ import dataclasses
 import functools
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -19,6 +20,7 @@ import torch
 from ..errors import SelectionError
 from ..result import Result
 from ..viz import figures
+from .frontend import write_frontend
 from .influence import logit_weights, node_influence, row_normalised
 from .pruning import graph_scores, prune_masks
 
@@ -135,6 +137,13 @@ class AttributionGraph(Result):
         adjacency = self.adjacency * edges
         return dataclasses.replace(self, adjacency=adjacency, kept=nodes,
                                    dropped=self.dropped + (self.adjacency - adjacency).sum(-1))
+
+    def save_frontend(self, folder, slug: str, **options) -> Path:
+        """Write this graph as the attribution-graphs frontend's JSON (`graphs.frontend`:
+        ``<slug>.json`` plus the folder's ``graph-metadata.json``); prune it first to show a
+        readable subgraph. Options: ``scan``, ``prompt``, ``labels`` ({(layer, latent): text}),
+        ``node_threshold``."""
+        return write_frontend(self, folder, slug, **options)
 
     def scores(self) -> dict[str, float]:
         """Replacement and completeness scores of this graph (`graphs.pruning.graph_scores`)."""
