@@ -74,6 +74,8 @@ _LAZY: dict[str, str] = {
     "AttributionGraph": ".graphs.result",
     "TranscoderSet": ".graphs.transcoders",
     "attribution_graph": ".graphs.attribution",
+    "HeadLoadings": ".graphs.heads",
+    "head_loadings": ".graphs.heads",
     "feature_activations": ".graphs.interventions",
     "feature_intervention": ".graphs.interventions",
     "generate_with_features": ".graphs.interventions",
@@ -161,6 +163,7 @@ if TYPE_CHECKING:  # what the names are, for type checkers and IDEs
     from .graphs.attribution import attribution_graph
     from .graphs.evaluate import TranscoderSetEvaluation, evaluate_transcoders
     from .graphs.formats import load_transcoders, save_transcoders
+    from .graphs.heads import HeadLoadings, head_loadings
     from .graphs.interventions import feature_activations, feature_intervention, generate_with_features
     from .graphs.result import AttributionGraph
     from .graphs.training import train_transcoders
@@ -214,6 +217,7 @@ __all__ = [
     "FaithfulnessCurve",
     "FeatureData",
     "GreaterThanTask",
+    "HeadLoadings",
     "HeadScores",
     "HookContext",
     "HookPoint",
@@ -278,6 +282,7 @@ __all__ = [
     "greater_than_prob_diff",
     "harvest",
     "harvest_to_disk",
+    "head_loadings",
     "head_scores",
     "induction_pairs",
     "init_sae",

@@ -145,8 +145,15 @@ def _transcoder_evaluation(tiny, sae):
     yield ms.evaluate_transcoders(tiny.model, transcoders, _windows()[:4])
 
 
+def _head_loadings(tiny, sae):
+    transcoders = ms.TranscoderSet.fresh(tiny.model, d_sae=16, k=2, seed=1)
+    graph = ms.attribution_graph(tiny.model, transcoders, tiny.tokens[:1, :6], max_logits=2, progress=False).prune()
+    yield ms.head_loadings(tiny.model, transcoders, graph)
+
+
 BUILDERS = {
     "AttributionGraph": _attribution_graph,
+    "HeadLoadings": _head_loadings,
     "TranscoderSetEvaluation": _transcoder_evaluation,
     "PatchingResult": _patching,
     "CausalTrace": _trace,

@@ -92,7 +92,8 @@ def attribution_graph(model: HookedModel, transcoders: TranscoderSet, prompt: To
     if batch_size < 1 or max_logits < 1 or not 0 < logit_prob <= 1:
         raise SelectionError(f"batch_size and max_logits must be >= 1 and logit_prob in (0, 1], got {batch_size}, "
                              f"{max_logits}, {logit_prob}")
-    layers, logits, embed = _clean_pass(model, transcoders, tokens, targets, max_logits, logit_prob, skip_first)
+    layers, last_logits, final, embed = _clean_pass(model, transcoders, tokens, skip_first)
+    logits = _logit_targets(model, last_logits, final, targets, max_logits, logit_prob)
     n_pos, n_layers, n_logits = tokens.shape[1], model.cfg.n_layers, len(logits.labels)
     n_active = sum(len(layer.acts) for layer in layers)
     n_sources = n_active + n_layers * n_pos + n_pos
@@ -200,9 +201,9 @@ def _one_prompt(model: HookedModel, prompt: TokensLike) -> torch.Tensor:
     return tokens.to(model.device)
 
 
-def _clean_pass(model: HookedModel, transcoders: TranscoderSet, tokens: torch.Tensor, targets: LogitTargets,
-                max_logits: int, logit_prob: float, skip_first: bool):
-    """``(per-layer _Layer, _Logits, embed [p, d])`` of the real model's forward on ``tokens``."""
+def _clean_pass(model: HookedModel, transcoders: TranscoderSet, tokens: torch.Tensor, skip_first: bool):
+    """``(per-layer _Layer, last-position logits [d_vocab], ln_final.out there [d_model], embed
+    [p, d])`` of the real model's forward on ``tokens``."""
     names = sorted({"blocks.0.resid_pre", "ln_final.out", *(f"blocks.{l}.mlp.out" for l in transcoders.layers),
                     *(tc.cfg.hook_name for tc in transcoders)})
     logits, cache = model.run_with_cache(tokens, names=names)
@@ -220,9 +221,7 @@ def _clean_pass(model: HookedModel, transcoders: TranscoderSet, tokens: torch.Te
             error = mlp_out - acts @ tc.W_dec - tc.b_dec - skip
             layers.append(_Layer(positions, latents, acts[positions, latents], pre[positions, latents], error,
                                  mlp_out - skip))
-    final = cache["ln_final.out"][0, -1].float()
-    return layers, _logit_targets(model, logits[0, -1], final, targets, max_logits, logit_prob), \
-        cache["blocks.0.resid_pre"][0].float()
+    return layers, logits[0, -1], cache["ln_final.out"][0, -1].float(), cache["blocks.0.resid_pre"][0].float()
 
 
 def _logit_targets(model: HookedModel, logits: torch.Tensor, final: torch.Tensor, targets: LogitTargets,
@@ -264,7 +263,7 @@ class _Tracer:
     repeated backward passes; `rows` turns targets into adjacency rows."""
 
     def __init__(self, model: HookedModel, transcoders: TranscoderSet, tokens: torch.Tensor, layers: list[_Layer],
-                 embed: torch.Tensor, batch_size: int):
+                 embed: torch.Tensor, batch_size: int, *, value_inputs: bool = False):
         self.layers, self.embed, self.transcoders = layers, embed, transcoders
         self.batch_size, self.n_pos = batch_size, tokens.shape[1]
         live: dict[str, torch.Tensor] = {}
@@ -293,16 +292,18 @@ class _Tracer:
         hooks = {"blocks.0.resid_pre": start, "ln_final.out": read,
                  **{tc.cfg.hook_name: read for tc in transcoders},
                  **{f"blocks.{layer}.mlp.out": replace(layer) for layer in transcoders.layers}}
+        layer_range = range(model.cfg.n_layers) if value_inputs else range(0)
+        value_names = [f"blocks.{layer}.attn.v" for layer in layer_range]
+        resid_names = [f"blocks.{layer}.resid_pre" for layer in layer_range if layer > 0]
+        hooks.update(dict.fromkeys(value_names + resid_names, read))
         with torch.enable_grad(), model.linearized_at(tokens), model.hooks(hooks):
             model(tokens.expand(batch_size, -1), return_type=None)
         self.outputs = {"logit": live["ln_final.out"],
                         **{layer: live[tc.cfg.hook_name] for layer, tc in transcoders.items()}}
+        self.values = [live[name] for name in value_names]  # [b, p, kv_heads, d_head] per layer
+        self.resid_pre = [self.leaves[0] if value_inputs else None] + [live[name] for name in resid_names]
 
-    def rows(self, targets: list[tuple[str, int | None, int, torch.Tensor]]) -> torch.Tensor:
-        """Edge rows `[len(targets), n_sources]` (at most ``batch_size`` targets; sources: every
-        active feature, error node and token, in node order): each
-        ``(kind, layer, position, direction)`` is the direction read at ``position`` of the
-        transcoder input of ``layer`` (kind "feature") or of ``ln_final.out`` ("logit")."""
+    def _grad_outputs(self, targets: list[tuple[str, int | None, int, torch.Tensor]]) -> tuple[list, list]:
         grad_outputs: dict = {}
         for row, (kind, layer, position, direction) in enumerate(targets):
             key = "logit" if kind == "logit" else layer
@@ -310,9 +311,34 @@ class _Tracer:
             if key not in grad_outputs:
                 grad_outputs[key] = torch.zeros_like(out)
             grad_outputs[key][row, position] = direction.to(out.dtype)
-        keys = list(grad_outputs)
-        grads = torch.autograd.grad([self.outputs[k] for k in keys], self.leaves, [grad_outputs[k] for k in keys],
-                                    retain_graph=True, allow_unused=True)
+        return [self.outputs[k] for k in grad_outputs], list(grad_outputs.values())
+
+    def value_gradients(self, targets: list[tuple[str, int | None, int, torch.Tensor]]) -> list[torch.Tensor]:
+        """Per layer, `[len(targets), p, kv_heads, d_model]`: each target's gradient at that
+        layer's residual stream (``resid_pre``) through one KV head's value path only (its
+        gradient at ``attn.v`` for that head, carried back through the frozen pre-norm and the
+        value projection); needs ``value_inputs=True``."""
+        outputs, grad_outputs = self._grad_outputs(targets)
+        at_values = torch.autograd.grad(outputs, self.values, grad_outputs, retain_graph=True, allow_unused=True)
+        n, out = len(targets), []
+        for values, resid, grad in zip(self.values, self.resid_pre, at_values):
+            per_head = torch.zeros(n, self.n_pos, values.shape[2], resid.shape[-1])
+            if grad is not None:
+                for head in range(values.shape[2]):
+                    masked = torch.zeros_like(grad)
+                    masked[:, :, head] = grad[:, :, head]
+                    (back,) = torch.autograd.grad(values, resid, masked, retain_graph=True)
+                    per_head[:, :, head] = back[:n].float()
+            out.append(per_head)
+        return out
+
+    def rows(self, targets: list[tuple[str, int | None, int, torch.Tensor]]) -> torch.Tensor:
+        """Edge rows `[len(targets), n_sources]` (at most ``batch_size`` targets; sources: every
+        active feature, error node and token, in node order): each
+        ``(kind, layer, position, direction)`` is the direction read at ``position`` of the
+        transcoder input of ``layer`` (kind "feature") or of ``ln_final.out`` ("logit")."""
+        outputs, grad_outputs = self._grad_outputs(targets)
+        grads = torch.autograd.grad(outputs, self.leaves, grad_outputs, retain_graph=True, allow_unused=True)
         embed_grad, layer_grads = grads[0], grads[1:]
         n = len(targets)
         parts = []

@@ -113,6 +113,12 @@ class AttributionGraph(Result):
                              "activation": activation,
                              "value": torch.where(self.has_row, self.values, math.nan).double().numpy()})
 
+    @property
+    def node_names(self) -> list[str]:
+        """Every node's name, in node order (kept or not): ``L{layer}/{pos}/f{latent}``,
+        ``L{layer}/{pos}/error``, ``token {pos} '...'``, ``logit '...'``."""
+        return list(self._nodes["node"])
+
     @functools.cached_property
     def influence(self) -> torch.Tensor:
         """`[n]`: each node's influence on the logits (weighted by their probabilities; equal

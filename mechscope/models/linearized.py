@@ -13,12 +13,19 @@ computations: with MLP outputs also held fixed (or replaced by something linear)
 an affine function of any additive intervention on the residual, and one backward gives its
 exact linear coefficients.
 
-A frozen norm computes ``out0 + L(x - x0)``: ``x0``/``out0`` its recorded input and output,
+A frozen norm computes ``out0 + L(x - x0)``: ``x0``/``out0`` its input and output in the
+recorded forward (its first call there: a norm that runs twice per forward, as GPT-J's shared
+pre-norm does for a rewired MLP input, runs on the same residual both times; per-head copies of
+the input, `[b, p, h, d]`, are linearised at the same point),
 ``L`` the norm linearised at ``x0`` (`norms.FrozenNorm`: centring, then the recorded scale times
 the weight). At the recorded input that is ``out0`` exactly, and its gradient is ``L``. A
 frozen pattern is the recorded ``attn.pattern`` (so the run takes the explicit-attention path,
 as the recording did); q and k then get no gradient. Norms inside attention (q/k norms) only
 shape the pattern, so they need no freezing.
+
+Not frozen: the per-head copies of split inputs (``attn.q_input`` / ``k_input`` / ``v_input``,
+and GPT-J's rewired ``mlp.in``) recompute their pre-norm with its live scale and take its
+true Jacobian in the backward; read ``attn.v`` (or ``ln1.out``) instead inside this context.
 
 A recording of one prompt serves a batch of any size (each row is compared with it); a
 recording of b prompts serves exactly those b rows. The positions must match.
@@ -102,24 +109,18 @@ def linearized_at(model: HookedModel, tokens: TokensLike, *, attention: bool = T
         missing = [path for path in modules if not recording.norm_calls.get(path)]
         if missing:
             raise SelectionError(f"norm modules {missing} did not run in the recorded forward")
-    frozen = {path: [(x0, out0, FrozenNorm(modules[path], model.adapter.norm, x0)) for x0, out0 in calls]
+    frozen = {path: (calls[0][0], calls[0][1], FrozenNorm(modules[path], model.adapter.norm, calls[0][0]))
               for path, calls in recording.norm_calls.items()}
-    calls_made: dict[str, int] = defaultdict(int)
-
-    def start_forward(module: nn.Module, args: tuple, kwargs: dict) -> None:
-        calls_made.clear()
 
     def frozen_norm(path: str):
         def hook(module: nn.Module, args: tuple, kwargs: dict, output: torch.Tensor) -> torch.Tensor:
-            index = calls_made[path]
-            calls_made[path] += 1
-            if index >= len(frozen[path]):
-                raise SelectionError(f"norm {path!r} ran {index + 1} times in this forward but {len(frozen[path])} "
-                                     "in the recorded one: inside linearized_at, run the forward it recorded")
-            x0, out0, linear = frozen[path][index]
+            x0, out0, linear = frozen[path]
             x = _first_input(args, kwargs)
+            per_head = x.ndim == x0.ndim + 1  # per-head copies [b, p, h, d] of the input (split q/k/v inputs)
+            if per_head:
+                x0, out0 = x0.unsqueeze(-2), out0.unsqueeze(-2)
             _fits(x0, x, f"norm {path!r}")
-            return (out0 + linear.apply(x - x0).to(out0.dtype)).to(output.dtype)
+            return (out0 + linear.apply(x - x0, head_axis=per_head).to(out0.dtype)).to(output.dtype)
         return hook
 
     def frozen_pattern(pattern: torch.Tensor, ctx) -> torch.Tensor:
@@ -129,7 +130,6 @@ def linearized_at(model: HookedModel, tokens: TokensLike, *, attention: bool = T
 
     with ExitStack() as stack:
         if norms:
-            stack.callback(hf.register_forward_pre_hook(start_forward, with_kwargs=True).remove)
             for path, module in modules.items():
                 stack.callback(module.register_forward_hook(frozen_norm(path), with_kwargs=True, prepend=True).remove)
         if attention:
