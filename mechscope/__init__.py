@@ -74,6 +74,7 @@ _LAZY: dict[str, str] = {
     "AttributionGraph": ".graphs.result",
     "TranscoderSet": ".graphs.transcoders",
     "attribution_graph": ".graphs.attribution",
+    "subgraph_faithfulness": ".graphs.faithfulness",
     "HeadLoadings": ".graphs.heads",
     "head_loadings": ".graphs.heads",
     "feature_activations": ".graphs.interventions",
@@ -162,6 +163,7 @@ if TYPE_CHECKING:  # what the names are, for type checkers and IDEs
     from .data.tasks import PromptPairs, induction_pairs, pairs_from_strings
     from .graphs.attribution import attribution_graph
     from .graphs.evaluate import TranscoderSetEvaluation, evaluate_transcoders
+    from .graphs.faithfulness import subgraph_faithfulness
     from .graphs.formats import load_transcoders, save_transcoders
     from .graphs.heads import HeadLoadings, head_loadings
     from .graphs.interventions import feature_activations, feature_intervention, generate_with_features
@@ -308,6 +310,7 @@ __all__ = [
     "save_saelens",
     "save_transcoders",
     "splice_hooks",
+    "subgraph_faithfulness",
     "train_induction_model",
     "train_sae",
     "train_transcoders",
