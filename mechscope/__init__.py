@@ -74,6 +74,8 @@ _LAZY: dict[str, str] = {
     "AttributionGraph": ".graphs.result",
     "TranscoderSet": ".graphs.transcoders",
     "attribution_graph": ".graphs.attribution",
+    "GraphAggregate": ".graphs.aggregate",
+    "aggregate_graphs": ".graphs.aggregate",
     "subgraph_faithfulness": ".graphs.faithfulness",
     "HeadLoadings": ".graphs.heads",
     "head_loadings": ".graphs.heads",
@@ -161,6 +163,7 @@ if TYPE_CHECKING:  # what the names are, for type checkers and IDEs
     from .data.ioi import ioi, ioi_positions
     from .data.repeated import repeated_random_tokens
     from .data.tasks import PromptPairs, induction_pairs, pairs_from_strings
+    from .graphs.aggregate import GraphAggregate, aggregate_graphs
     from .graphs.attribution import attribution_graph
     from .graphs.evaluate import TranscoderSetEvaluation, evaluate_transcoders
     from .graphs.faithfulness import subgraph_faithfulness
@@ -218,6 +221,7 @@ __all__ = [
     "FactoredMatrix",
     "FaithfulnessCurve",
     "FeatureData",
+    "GraphAggregate",
     "GreaterThanTask",
     "HeadLoadings",
     "HeadScores",
@@ -256,6 +260,7 @@ __all__ = [
     "acdc",
     "activation_patching",
     "adapters",
+    "aggregate_graphs",
     "answer_logprob",
     "at",
     "attribution_graph",

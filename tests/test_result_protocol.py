@@ -151,8 +151,16 @@ def _head_loadings(tiny, sae):
     yield ms.head_loadings(tiny.model, transcoders, graph)
 
 
+def _graph_aggregate(tiny, sae):
+    transcoders = ms.TranscoderSet.fresh(tiny.model, d_sae=16, k=2, seed=1)
+    graphs = [ms.attribution_graph(tiny.model, transcoders, tiny.tokens[i : i + 1, :6], max_logits=2,
+                                   progress=False).prune() for i in range(2)]
+    yield ms.aggregate_graphs(graphs)
+
+
 BUILDERS = {
     "AttributionGraph": _attribution_graph,
+    "GraphAggregate": _graph_aggregate,
     "HeadLoadings": _head_loadings,
     "TranscoderSetEvaluation": _transcoder_evaluation,
     "PatchingResult": _patching,
