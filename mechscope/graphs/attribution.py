@@ -45,7 +45,6 @@ from .result import AttributionGraph
 from .transcoders import TranscoderSet
 
 LogitTargets = Sequence[int | str] | Mapping[str, torch.Tensor] | None
-_CHUNK_FLOATS = 1 << 24  # the largest [rows, features, d] product held at once when reading feature edges
 
 
 @dataclass
@@ -98,8 +97,10 @@ def attribution_graph(model: HookedModel, transcoders: TranscoderSet, prompt: To
     n_active = sum(len(layer.acts) for layer in layers)
     n_sources = n_active + n_layers * n_pos + n_pos
     budget = n_active if max_features is None else min(max_features, n_active)
-    _check_memory(n_logits + budget, n_sources, n_logits)
+    ordered = budget < n_active  # rows chosen by influence: their normalised copy is kept alongside
+    _check_memory((n_logits + budget) * (2 if ordered else 1), n_sources, n_logits)
     rows = torch.zeros(n_logits + budget, n_sources)  # the logits' rows, then features' in the order computed
+    normalised = torch.zeros_like(rows) if ordered else None
     if progress:
         print(f"attribution graph: {n_pos} tokens, {n_active} active features, rows for {n_logits} logits and "
               f"{budget} features: {rows.numel() * 4 / 2**20:.0f} MiB of edges, {math.ceil(len(rows) / batch_size)} "
@@ -113,6 +114,8 @@ def attribution_graph(model: HookedModel, transcoders: TranscoderSet, prompt: To
     for start in range(0, n_logits, batch_size):
         chunk = range(start, min(n_logits, start + batch_size))
         rows[chunk.start : chunk.stop] = tracer.rows([("logit", None, n_pos - 1, logits.vectors[i]) for i in chunk])
+        if ordered:
+            normalised[chunk.start : chunk.stop] = row_normalised(rows[chunk.start : chunk.stop])
         bar.update(len(chunk))
     weights = torch.nan_to_num(logits.probs.float(), nan=1.0 / n_logits)
     filled = n_logits
@@ -121,12 +124,14 @@ def attribution_graph(model: HookedModel, transcoders: TranscoderSet, prompt: To
         if budget == n_active:
             chosen = torch.arange(filled - n_logits, filled - n_logits + take)
         else:  # the most influential features whose rows are still missing
-            influence = _feature_influence(rows[:filled], row_of, weights, n_layers)
+            influence = _feature_influence(normalised[:filled], row_of, weights, n_layers)
             influence[row_of >= 0] = -1.0
             chosen = torch.topk(influence, take).indices
         rows[filled : filled + take] = tracer.rows([
             ("feature", int(feature_layer[i]), int(feature_pos[i]),
              transcoders[int(feature_layer[i])].W_enc[:, int(feature_latent[i])].detach()) for i in chosen.tolist()])
+        if ordered:
+            normalised[filled : filled + take] = row_normalised(rows[filled : filled + take])
         row_of[chosen] = torch.arange(filled, filled + take)
         filled += take
         bar.update(take)
@@ -171,11 +176,12 @@ def _check_memory(n_rows: int, n_sources: int, n_logits: int) -> None:
                              f"max_features={max(1, fit)} or fewer (rows in order of influence)")
 
 
-def _feature_influence(rows: torch.Tensor, row_of: torch.Tensor, weights: torch.Tensor, n_layers: int) -> torch.Tensor:
+def _feature_influence(normalised: torch.Tensor, row_of: torch.Tensor, weights: torch.Tensor,
+                       n_layers: int) -> torch.Tensor:
     """`[n_active]`: each feature's influence on the logits through the rows computed so far
-    (``rows`` `[r, n_sources]`, the logits' first, weighted by ``weights``; ``row_of`` maps a
-    feature to its row or -1), summed over paths in the row-normalised graph."""
-    normalised = row_normalised(rows)
+    (``normalised`` `[r, n_sources]`: `influence.row_normalised` rows, the logits' first,
+    weighted by ``weights``; ``row_of`` maps a feature to its row or -1), summed over paths."""
+    rows = normalised
     n_active = len(row_of)
     has = row_of >= 0
     current = torch.zeros(len(rows))
@@ -266,6 +272,7 @@ class _Tracer:
                  embed: torch.Tensor, batch_size: int, *, value_inputs: bool = False):
         self.layers, self.embed, self.transcoders = layers, embed, transcoders
         self.batch_size, self.n_pos = batch_size, tokens.shape[1]
+        self.writers = [_Writers(layer, tc.W_dec.detach(), tokens.shape[1]) for layer, tc in zip(layers, transcoders)]
         live: dict[str, torch.Tensor] = {}
         self.leaves: list[torch.Tensor] = []
 
@@ -345,20 +352,30 @@ class _Tracer:
         for layer, grad in zip(self.layers, layer_grads):
             grad = torch.zeros(n, self.n_pos, self.embed.shape[-1]) if grad is None else grad[:n].float()
             parts.append((layer, grad))
-        w_dec = [tc.W_dec.detach().float() for tc in self.transcoders]
-        features = [_feature_edges(grad, layer, w) for (layer, grad), w in zip(parts, w_dec)]
+        features = [writers.edges(grad) for writers, (_, grad) in zip(self.writers, parts)]
         errors = [(grad * layer.error.float()).sum(-1) for layer, grad in parts]  # [n, p] each
         tokens = (embed_grad[:n].float() * self.embed).sum(-1) if embed_grad is not None else \
             torch.zeros(n, self.n_pos)
         return torch.cat([*features, *errors, tokens], -1)
 
 
-def _feature_edges(grad: torch.Tensor, layer: _Layer, w_dec: torch.Tensor) -> torch.Tensor:
-    """`[rows, n_features]`: ``acts * (W_dec[latent] . grad[:, position])``, in chunks of features."""
-    rows, n = grad.shape[0], len(layer.acts)
-    out = torch.empty(rows, n)
-    step = max(1, _CHUNK_FLOATS // max(1, rows * grad.shape[-1]))
-    for start in range(0, n, step):
-        part = slice(start, start + step)
-        out[:, part] = torch.einsum("rnd,nd->rn", grad[:, layer.positions[part]], w_dec[layer.latents[part]])
-    return out * layer.acts.float()
+class _Writers:
+    """One layer's active features as the vectors they write, by position: ``vectors`` `[p,
+    slots, d]` (activation times decoder row, zero-padded to the most features at one
+    position), and each feature's (position, slot)."""
+
+    def __init__(self, layer: _Layer, w_dec: torch.Tensor, n_pos: int):
+        counts = torch.bincount(layer.positions, minlength=n_pos)
+        starts = torch.cumsum(counts, 0) - counts
+        self.positions = layer.positions
+        self.slots = torch.arange(len(layer.positions)) - starts[layer.positions]
+        self.vectors = torch.zeros(n_pos, int(counts.max()) if len(counts) else 0, w_dec.shape[1])
+        self.vectors[self.positions, self.slots] = layer.acts.float()[:, None] * w_dec[layer.latents].float()
+
+    def edges(self, grad: torch.Tensor) -> torch.Tensor:
+        """`[rows, n_features]`: each feature's vector dotted with ``grad`` `[rows, p, d]` at its
+        position (one batched matmul over positions, no gather of the gradient)."""
+        if not len(self.positions):
+            return grad.new_zeros(grad.shape[0], 0)
+        per_slot = torch.einsum("rpd,psd->rps", grad, self.vectors)
+        return per_slot[:, self.positions, self.slots]

@@ -1,0 +1,108 @@
+"""Benchmark: attribution graphs on the bundled model (30 layers, 30 transcoders).
+
+- Time and peak memory (RSS of a fresh process) per prompt length, rows for the logits and
+  ``--max-features`` features, with the transcoders of ``--transcoders`` (a folder
+  load_transcoders reads, e.g. runs/tc/transcoders) or, without one, random TopK transcoders
+  of the same shape (d_sae 2304, k 32: as many active features per token as trained ones).
+- Batched rows vs the naive way, at the shortest length: a forward and a backward per row
+  against one kept forward of ``--batch-size`` copies and that many rows per backward (rows/s,
+  the same rows).
+
+    python bench/attribution_graph.py                       # lengths 16 32 64 128, 256 features
+    python bench/attribution_graph.py --lengths 16,64,256,512 --max-features 1024
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+
+import torch
+
+import mechscope as ms
+from mechscope.data.corpora import wikipedia
+from mechscope.graphs.attribution import _clean_pass, _Tracer
+
+
+def prompt_of(model: ms.HookedModel, n_tokens: int) -> torch.Tensor:
+    text = " ".join(wikipedia()[:5])
+    return model.to_tokens(text)[:, :n_tokens]
+
+
+def transcoders_for(model: ms.HookedModel, folder: str | None) -> ms.TranscoderSet:
+    return ms.load_transcoders(folder) if folder else ms.TranscoderSet.fresh(model, d_sae=2304, k=32, seed=0)
+
+
+def one_length(args: argparse.Namespace) -> dict:
+    model = ms.load("smollm2-135m")
+    transcoders = transcoders_for(model, args.transcoders)
+    tokens = prompt_of(model, args.one)
+    start = time.perf_counter()
+    graph = ms.attribution_graph(model, transcoders, tokens, max_features=args.max_features,
+                                 batch_size=args.batch_size, progress=False)
+    seconds = time.perf_counter() - start
+    rows = int(graph.has_row.sum())
+    return {"tokens": tokens.shape[1], "active": graph.n_active, "rows": rows, "seconds": seconds,
+            "peak_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+
+
+def batched_vs_naive(args: argparse.Namespace) -> tuple[float, float]:
+    """Rows/s of the same ``--naive-rows`` feature rows (the first active features, all layers):
+    a fresh forward and backward per row (the naive way) vs one kept forward of
+    ``batch_size`` copies and ``batch_size`` rows per backward."""
+    model = ms.load("smollm2-135m")
+    transcoders = transcoders_for(model, args.transcoders)
+    tokens = prompt_of(model, min(int(x) for x in args.lengths.split(",")))
+    layers, _, _, embed = _clean_pass(model, transcoders, tokens, True)
+    targets = [("feature", l, int(p), transcoders[l].W_enc[:, int(f)].detach())
+               for l, layer in enumerate(layers) for p, f in zip(layer.positions, layer.latents)]
+    targets = targets[:: max(1, len(targets) // args.naive_rows)][: args.naive_rows]
+    rates = {}
+    for kind in ("naive", "batched", "naive", "batched"):  # interleaved: the second of each counts
+        start = time.perf_counter()
+        if kind == "naive":
+            for target in targets:
+                _Tracer(model, transcoders, tokens, layers, embed, 1).rows([target])
+        else:
+            tracer = _Tracer(model, transcoders, tokens, layers, embed, args.batch_size)
+            for first in range(0, len(targets), args.batch_size):
+                tracer.rows(targets[first : first + args.batch_size])
+        rates[kind] = len(targets) / (time.perf_counter() - start)
+    return rates["naive"], rates["batched"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--lengths", default="16,32,64,128")
+    parser.add_argument("--max-features", type=int, default=256)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--naive-rows", type=int, default=128)
+    parser.add_argument("--transcoders", default=None)
+    parser.add_argument("--one", type=int, default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one is not None:
+        print(json.dumps(one_length(args)))
+        return
+    which = args.transcoders or "random TopK transcoders, d_sae 2304, k 32"
+    print(f"attribution graphs on smollm2-135m ({which}); rows: the logits and {args.max_features} features, "
+          f"{args.batch_size} per backward; threads {torch.get_num_threads()}")
+    print(f"{'tokens':>7} {'active':>8} {'rows':>6} {'seconds':>8} {'rows/s':>7} {'peak GiB':>9}")
+    for length in (int(x) for x in args.lengths.split(",")):
+        command = [sys.executable, __file__, "--one", str(length), "--max-features", str(args.max_features),
+                   "--batch-size", str(args.batch_size)] + (["--transcoders", args.transcoders] if args.transcoders else [])
+        run = subprocess.run(command, capture_output=True, text=True, check=True)
+        row = json.loads(run.stdout.strip().splitlines()[-1])
+        print(f"{row['tokens']:>7} {row['active']:>8} {row['rows']:>6} {row['seconds']:>8.1f} "
+              f"{row['rows'] / row['seconds']:>7.1f} {row['peak_gib']:>9.2f}")
+    naive, batched = batched_vs_naive(args)
+    print(f"rows/s at {min(int(x) for x in args.lengths.split(','))} tokens ({args.naive_rows} feature rows of every "
+          f"layer): a forward and a backward per row {naive:.1f}, one kept forward and {args.batch_size} rows per "
+          f"backward {batched:.1f}: {batched / naive:.1f}x")
+
+
+if __name__ == "__main__":
+    main()
