@@ -74,6 +74,7 @@ _LAZY: dict[str, str] = {
     "AttributionGraph": ".graphs.result",
     "TranscoderSet": ".graphs.transcoders",
     "attribution_graph": ".graphs.attribution",
+    "feature_labels": ".graphs.labels",
     "GraphAggregate": ".graphs.aggregate",
     "aggregate_graphs": ".graphs.aggregate",
     "subgraph_faithfulness": ".graphs.faithfulness",
@@ -170,6 +171,7 @@ if TYPE_CHECKING:  # what the names are, for type checkers and IDEs
     from .graphs.formats import load_transcoders, save_transcoders
     from .graphs.heads import HeadLoadings, head_loadings
     from .graphs.interventions import feature_activations, feature_intervention, generate_with_features
+    from .graphs.labels import feature_labels
     from .graphs.result import AttributionGraph
     from .graphs.training import train_transcoders
     from .graphs.transcoders import TranscoderSet
@@ -283,6 +285,7 @@ __all__ = [
     "faithfulness",
     "feature_activations",
     "feature_intervention",
+    "feature_labels",
     "full_ov_circuit",
     "generate_with_features",
     "greater_than",
