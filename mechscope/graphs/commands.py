@@ -1,8 +1,9 @@
-"""``mechscope transcoders train | eval``: a transcoder for every layer of a model, trained from
+"""``mechscope transcoders train | eval | graph``: a transcoder for every layer of a model, trained from
 one streaming harvest (`graphs.training`), saved in circuit-tracer's layout, and evaluated.
 
     mechscope transcoders train --model smollm2-135m --d-sae 2304 --k 32 --tokens 2M --out runs/tc
     mechscope transcoders eval --transcoders runs/tc/transcoders
+    mechscope transcoders graph --transcoders runs/tc/transcoders --prompt "The capital of France is" --out graphs/
 
 A run folder holds ``checkpoint.safetensors`` (resume with ``--resume``: finished steps are
 skipped, not re-run), ``transcoders/`` (circuit-tracer layout, `graphs.formats`) and
@@ -49,6 +50,19 @@ def add_parsers(sub: argparse._SubParsersAction, parents: tuple[argparse.Argumen
     evaluate.add_argument("--transcoders", required=True, help="a folder load_transcoders reads")
     evaluate.add_argument("--batch-size", type=int, default=8)
     evaluate.add_argument("--out", default=None, help="write the metrics as JSON here")
+    graph = add_data_options(steps.add_parser("graph", help="the attribution graph of a prompt, pruned, as the "
+                                              "attribution-graphs frontend's JSON", parents=list(parents)))
+    graph.add_argument("--transcoders", required=True, help="a folder load_transcoders reads")
+    graph.add_argument("--prompt", required=True)
+    graph.add_argument("--slug", default="graph", help="the graph's name in the frontend")
+    graph.add_argument("--max-features", type=int, default=1024)
+    graph.add_argument("--max-logits", type=int, default=10)
+    graph.add_argument("--batch-size", type=int, default=32)
+    graph.add_argument("--node-threshold", type=float, default=0.8)
+    graph.add_argument("--edge-threshold", type=float, default=0.98)
+    graph.add_argument("--label-windows", type=int, default=256,
+                       help="corpus windows to label the kept features from (0: no labels)")
+    graph.add_argument("--out", required=True, help="the frontend folder (<slug>.json, graph-metadata.json)")
 
 
 def run(args: argparse.Namespace) -> None:
@@ -62,6 +76,12 @@ def run(args: argparse.Namespace) -> None:
         if args.k > args.d_sae:
             raise ArgumentError(f"--k {args.k} is more than --d-sae {args.d_sae}")
         _train(args)
+    elif args.transcoders_command == "graph":
+        check_folder(args.out, "--out")
+        for option in ("node_threshold", "edge_threshold"):
+            if not 0 < getattr(args, option) <= 1:
+                raise ArgumentError(f"--{option.replace('_', '-')} must be in (0, 1]")
+        _graph(args)
     else:
         _eval(args)
 
@@ -114,6 +134,30 @@ def _eval(args: argparse.Namespace) -> None:
     print(result.summary())
     if args.out:
         Path(args.out).write_text(json.dumps(_metrics(result), indent=2))
+
+
+def _graph(args: argparse.Namespace) -> None:
+    from ..sae.commands import load_model, split_windows
+    from .attribution import attribution_graph
+    from .formats import load_transcoders
+    from .labels import feature_labels
+
+    model = load_model(args)
+    transcoders = load_transcoders(args.transcoders).check(model)
+    graph = attribution_graph(model, transcoders, args.prompt, max_logits=args.max_logits,
+                              max_features=args.max_features, batch_size=args.batch_size)
+    pruned = graph.prune(args.node_threshold, args.edge_threshold)
+    labels = {}
+    if args.label_windows:
+        windows, _ = split_windows(args, model)
+        kept = pruned.feature_index[pruned.kept[: pruned.n_features]][:, [0, 2]]
+        if len(kept):
+            labels = feature_labels(model, transcoders, windows[: args.label_windows], kept)
+    path = pruned.save_frontend(args.out, args.slug, prompt=args.prompt, labels=labels,
+                                node_threshold=args.node_threshold)
+    scores = graph.scores()
+    print(f"{pruned.summary()}; replacement {scores['replacement']:.3f}, completeness {scores['completeness']:.3f}")
+    print(f"wrote {path}")
 
 
 def _metrics(result) -> dict:

@@ -37,3 +37,9 @@ def test_train_then_eval(saved_model, tmp_path):
     assert (tmp_path / "checkpoint.safetensors").stat().st_mtime_ns == written  # no step ran
     out = _cli("eval", *data, "--transcoders", str(tmp_path / "transcoders"), "--out", str(tmp_path / "again.json"))
     assert json.loads((tmp_path / "again.json").read_text())["fve"] == metrics["fve"] and "mean FVE" in out
+    out = _cli("graph", *data, "--transcoders", str(tmp_path / "transcoders"), "--prompt", "def wrap(text):",
+               "--slug", "wrap", "--max-features", "32", "--label-windows", "16", "--out", str(tmp_path / "frontend"))
+    document = json.loads((tmp_path / "frontend" / "wrap.json").read_text())
+    assert "replacement" in out and document["metadata"]["prompt"] == "def wrap(text):"
+    labelled = [n for n in document["nodes"] if n["feature_type"] == "cross layer transcoder"]
+    assert labelled and all("promotes" in n["clerp"] for n in labelled)
