@@ -25,7 +25,7 @@ import torch
 
 import mechscope as ms
 from mechscope.data.corpora import wikipedia
-from mechscope.graphs.attribution import _clean_pass, _Tracer
+from mechscope.graphs.attribution import _auto_batch, _clean_pass, _Tracer
 
 
 def prompt_of(model: ms.HookedModel, n_tokens: int) -> torch.Tensor:
@@ -47,6 +47,7 @@ def one_length(args: argparse.Namespace) -> dict:
     seconds = time.perf_counter() - start
     rows = int(graph.has_row.sum())
     return {"tokens": tokens.shape[1], "active": graph.n_active, "rows": rows, "seconds": seconds,
+            "batch": args.batch_size or _auto_batch(model, tokens.shape[1]),
             "peak_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
 
 
@@ -61,6 +62,7 @@ def batched_vs_naive(args: argparse.Namespace) -> tuple[float, float]:
     targets = [("feature", l, int(p), transcoders[l].W_enc[:, int(f)].detach())
                for l, layer in enumerate(layers) for p, f in zip(layer.positions, layer.latents)]
     targets = targets[:: max(1, len(targets) // args.naive_rows)][: args.naive_rows]
+    batch = args.batch_size or 32
     rates = {}
     for kind in ("naive", "batched", "naive", "batched"):  # interleaved: the second of each counts
         start = time.perf_counter()
@@ -68,9 +70,9 @@ def batched_vs_naive(args: argparse.Namespace) -> tuple[float, float]:
             for target in targets:
                 _Tracer(model, transcoders, tokens, layers, embed, 1).rows([target])
         else:
-            tracer = _Tracer(model, transcoders, tokens, layers, embed, args.batch_size)
-            for first in range(0, len(targets), args.batch_size):
-                tracer.rows(targets[first : first + args.batch_size])
+            tracer = _Tracer(model, transcoders, tokens, layers, embed, batch)
+            for first in range(0, len(targets), batch):
+                tracer.rows(targets[first : first + batch])
         rates[kind] = len(targets) / (time.perf_counter() - start)
     return rates["naive"], rates["batched"]
 
@@ -79,7 +81,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lengths", default="16,32,64,128")
     parser.add_argument("--max-features", type=int, default=256)
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=None, help="default: attribution_graph's choice")
     parser.add_argument("--naive-rows", type=int, default=128)
     parser.add_argument("--transcoders", default=None)
     parser.add_argument("--one", type=int, default=None, help=argparse.SUPPRESS)
@@ -88,19 +90,20 @@ def main() -> None:
         print(json.dumps(one_length(args)))
         return
     which = args.transcoders or "random TopK transcoders, d_sae 2304, k 32"
-    print(f"attribution graphs on smollm2-135m ({which}); rows: the logits and {args.max_features} features, "
-          f"{args.batch_size} per backward; threads {torch.get_num_threads()}")
-    print(f"{'tokens':>7} {'active':>8} {'rows':>6} {'seconds':>8} {'rows/s':>7} {'peak GiB':>9}")
+    print(f"attribution graphs on smollm2-135m ({which}); rows: the logits and {args.max_features} features; "
+          f"threads {torch.get_num_threads()}")
+    print(f"{'tokens':>7} {'active':>8} {'rows':>6} {'batch':>6} {'seconds':>8} {'rows/s':>7} {'peak GiB':>9}")
     for length in (int(x) for x in args.lengths.split(",")):
-        command = [sys.executable, __file__, "--one", str(length), "--max-features", str(args.max_features),
-                   "--batch-size", str(args.batch_size)] + (["--transcoders", args.transcoders] if args.transcoders else [])
+        command = [sys.executable, __file__, "--one", str(length), "--max-features", str(args.max_features)]
+        command += (["--batch-size", str(args.batch_size)] if args.batch_size else []) + \
+            (["--transcoders", args.transcoders] if args.transcoders else [])
         run = subprocess.run(command, capture_output=True, text=True, check=True)
         row = json.loads(run.stdout.strip().splitlines()[-1])
-        print(f"{row['tokens']:>7} {row['active']:>8} {row['rows']:>6} {row['seconds']:>8.1f} "
+        print(f"{row['tokens']:>7} {row['active']:>8} {row['rows']:>6} {row['batch']:>6} {row['seconds']:>8.1f} "
               f"{row['rows'] / row['seconds']:>7.1f} {row['peak_gib']:>9.2f}")
     naive, batched = batched_vs_naive(args)
     print(f"rows/s at {min(int(x) for x in args.lengths.split(','))} tokens ({args.naive_rows} feature rows of every "
-          f"layer): a forward and a backward per row {naive:.1f}, one kept forward and {args.batch_size} rows per "
+          f"layer): a forward and a backward per row {naive:.1f}, one kept forward and {args.batch_size or 32} rows per "
           f"backward {batched:.1f}: {batched / naive:.1f}x")
 
 

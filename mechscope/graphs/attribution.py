@@ -71,7 +71,7 @@ class _Logits:
 
 def attribution_graph(model: HookedModel, transcoders: TranscoderSet, prompt: TokensLike, *,
                       targets: LogitTargets = None, max_logits: int = 10, logit_prob: float = 0.95,
-                      max_features: int | None = None, batch_size: int = 32, skip_first: bool = True,
+                      max_features: int | None = None, batch_size: int | None = None, skip_first: bool = True,
                       progress: bool = True) -> AttributionGraph:
     """The attribution graph of ``prompt`` (one text or token ids `[1, p]`) through
     ``transcoders`` (one per layer, `TranscoderSet`), see the module docstring.
@@ -82,18 +82,22 @@ def attribution_graph(model: HookedModel, transcoders: TranscoderSet, prompt: To
       logits (as estimated from the rows computed so far, in rounds of ``batch_size``), each
       with its incoming edges; the other active features are left out of the graph (their
       summed edges into each row are `AttributionGraph.dropped`). None: every active feature.
-    batch_size: rows per backward (copies of the prompt in the one kept forward).
+    batch_size: rows per backward (copies of the prompt in the one kept forward); None: at most
+      32, as many as fit in a quarter of the memory available (`kept_forward_bytes` each).
     skip_first: position 0 (the attention sink, whose activations dwarf the others) has no
       feature nodes; its MLP outputs are error nodes.
     """
     transcoders.check(model)
     tokens = _one_prompt(model, prompt)
+    if batch_size is None:
+        batch_size = _auto_batch(model, tokens.shape[1])
     if batch_size < 1 or max_logits < 1 or not 0 < logit_prob <= 1:
         raise SelectionError(f"batch_size and max_logits must be >= 1 and logit_prob in (0, 1], got {batch_size}, "
                              f"{max_logits}, {logit_prob}")
     layers, last_logits, final, embed = _clean_pass(model, transcoders, tokens, skip_first)
     logits = _logit_targets(model, last_logits, final, targets, max_logits, logit_prob)
     n_pos, n_layers, n_logits = tokens.shape[1], model.cfg.n_layers, len(logits.labels)
+    kept_gib = batch_size * kept_forward_bytes(model, n_pos) / 2**30
     n_active = sum(len(layer.acts) for layer in layers)
     n_sources = n_active + n_layers * n_pos + n_pos
     budget = n_active if max_features is None else min(max_features, n_active)
@@ -104,7 +108,7 @@ def attribution_graph(model: HookedModel, transcoders: TranscoderSet, prompt: To
     if progress:
         print(f"attribution graph: {n_pos} tokens, {n_active} active features, rows for {n_logits} logits and "
               f"{budget} features: {rows.numel() * 4 / 2**20:.0f} MiB of edges, {math.ceil(len(rows) / batch_size)} "
-              f"backward passes of {batch_size} rows")
+              f"backward passes of {batch_size} rows on a kept forward of about {kept_gib:.1f} GiB")
     tracer = _Tracer(model, transcoders, tokens, layers, embed, batch_size)
     feature_layer = torch.cat([torch.full((len(layer.acts),), i) for i, layer in enumerate(layers)])
     feature_pos = torch.cat([layer.positions for layer in layers])
@@ -159,6 +163,23 @@ def attribution_graph(model: HookedModel, transcoders: TranscoderSet, prompt: To
         logit_labels=logits.labels, logit_tokens=logits.token_ids, logit_probs=logits.probs,
         adjacency=adjacency, has_row=has_row, values=values,
         bias=torch.where(has_row, values - full, torch.zeros(())), dropped=full - adjacency.sum(-1))
+
+
+def kept_forward_bytes(model: HookedModel, n_pos: int) -> int:
+    """An estimate of what the kept forward holds for the backward per copy of an ``n_pos``-token
+    prompt: per layer about a dozen ``[p, d_model]`` tensors and two ``[heads, p, p]`` ones, fp32."""
+    cfg = model.cfg
+    return cfg.n_layers * (12 * n_pos * cfg.d_model + 2 * cfg.n_heads * n_pos * n_pos) * 4
+
+
+def _auto_batch(model: HookedModel, n_pos: int) -> int:
+    """The most copies (at most 32, at least 1) whose kept forward fits in a quarter of the
+    memory available now."""
+    try:
+        available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 32
+    return max(1, min(32, int(available / 4 // kept_forward_bytes(model, n_pos))))
 
 
 def _check_memory(n_rows: int, n_sources: int, n_logits: int) -> None:
