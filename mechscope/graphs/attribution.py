@@ -322,13 +322,16 @@ class _Tracer:
                  **{f"blocks.{layer}.mlp.out": replace(layer) for layer in transcoders.layers}}
         layer_range = range(model.cfg.n_layers) if value_inputs else range(0)
         value_names = [f"blocks.{layer}.attn.v" for layer in layer_range]
+        mix_names = [f"blocks.{layer}.attn.{part}" for layer in layer_range for part in ("z", "pattern")]
         resid_names = [f"blocks.{layer}.resid_pre" for layer in layer_range if layer > 0]
-        hooks.update(dict.fromkeys(value_names + resid_names, read))
+        hooks.update(dict.fromkeys(value_names + mix_names + resid_names, read))
         with torch.enable_grad(), model.linearized_at(tokens), model.hooks(hooks):
             model(tokens.expand(batch_size, -1), return_type=None)
         self.outputs = {"logit": live["ln_final.out"],
                         **{layer: live[tc.cfg.hook_name] for layer, tc in transcoders.items()}}
         self.values = [live[name] for name in value_names]  # [b, p, kv_heads, d_head] per layer
+        self.z = [live[f"blocks.{layer}.attn.z"] for layer in layer_range]  # [b, p, heads, d_head]
+        self.patterns = [live[f"blocks.{layer}.attn.pattern"].detach() for layer in layer_range]  # [b, h, q, k]
         self.resid_pre = [self.leaves[0] if value_inputs else None] + [live[name] for name in resid_names]
 
     def _grad_outputs(self, targets: list[tuple[str, int | None, int, torch.Tensor]]) -> tuple[list, list]:
@@ -341,20 +344,30 @@ class _Tracer:
             grad_outputs[key][row, position] = direction.to(out.dtype)
         return [self.outputs[k] for k in grad_outputs], list(grad_outputs.values())
 
-    def value_gradients(self, targets: list[tuple[str, int | None, int, torch.Tensor]]) -> list[torch.Tensor]:
-        """Per layer, `[len(targets), p, kv_heads, d_model]`: each target's gradient at that
-        layer's residual stream (``resid_pre``) through one KV head's value path only (its
-        gradient at ``attn.v`` for that head, carried back through the frozen pre-norm and the
-        value projection); needs ``value_inputs=True``."""
+    def value_gradients(self, targets: list[tuple[str, int | None, int, torch.Tensor]], *,
+                        per_query_head: bool = False) -> list[torch.Tensor]:
+        """Per layer, `[len(targets), p, heads, d_model]`: each target's gradient at that layer's
+        residual stream (``resid_pre``) through one head's value path only, carried back through
+        the frozen pre-norm and the value projection; needs ``value_inputs=True``. ``heads``:
+        the KV heads (the gradient at ``attn.v`` of each), or with ``per_query_head`` the query
+        heads (each one's gradient at ``attn.z`` mixed back to its KV head's values through its
+        frozen pattern)."""
         outputs, grad_outputs = self._grad_outputs(targets)
-        at_values = torch.autograd.grad(outputs, self.values, grad_outputs, retain_graph=True, allow_unused=True)
+        wrt = self.z if per_query_head else self.values
+        found = torch.autograd.grad(outputs, wrt, grad_outputs, retain_graph=True, allow_unused=True)
         n, out = len(targets), []
-        for values, resid, grad in zip(self.values, self.resid_pre, at_values):
-            per_head = torch.zeros(n, self.n_pos, values.shape[2], resid.shape[-1])
+        for layer, (values, resid, grad) in enumerate(zip(self.values, self.resid_pre, found)):
+            n_heads = grad.shape[2] if grad is not None else wrt[layer].shape[2]
+            per_head = torch.zeros(n, self.n_pos, n_heads, resid.shape[-1])
             if grad is not None:
-                for head in range(values.shape[2]):
-                    masked = torch.zeros_like(grad)
-                    masked[:, :, head] = grad[:, :, head]
+                group = max(1, n_heads // values.shape[2]) if per_query_head else 1
+                for head in range(n_heads):
+                    masked = torch.zeros_like(values)
+                    if per_query_head:  # z_h[q] = sum_k pattern_h[q, k] v_g[k]: its gradient at v_g
+                        masked[:, :, head // group] = torch.einsum("bqd,bqk->bkd", grad[:, :, head],
+                                                                   self.patterns[layer][:, head].to(grad.dtype))
+                    else:
+                        masked[:, :, head] = grad[:, :, head]
                     (back,) = torch.autograd.grad(values, resid, masked, retain_graph=True)
                     per_head[:, :, head] = back[:n].float()
             out.append(per_head)

@@ -33,7 +33,8 @@ from .transcoders import TranscoderSet
 class HeadLoadings(Result):
     """``targets`` / ``sources`` `[n_edges]` node indices of the graph, ``names`` their
     ``"target <- source"`` labels, ``weights`` `[n_edges]` the edges, ``loadings`` `[n_edges,
-    n_layers, n_kv_heads]`, ``remainder`` `[n_edges]` (the part through no attention head)."""
+    n_layers, heads]` (KV heads, or query heads when ``per_query_head``), ``remainder``
+    `[n_edges]` (the part through no attention head)."""
 
     targets: torch.Tensor
     sources: torch.Tensor
@@ -41,33 +42,36 @@ class HeadLoadings(Result):
     weights: torch.Tensor
     loadings: torch.Tensor
     remainder: torch.Tensor
+    per_query_head: bool = False
 
     _value = "loading"
     _signed = True
 
     def to_dataframe(self) -> pd.DataFrame:
-        """One row per (edge, layer, KV head) with a nonzero loading: edge, layer, kv_head,
-        loading, weight (the whole edge's)."""
+        """One row per (edge, layer, head) with a nonzero loading: edge, layer, head (a KV head,
+        or a query head when ``per_query_head``), loading, weight (the whole edge's)."""
         edge, layer, head = (self.loadings != 0).nonzero(as_tuple=True)
         return pd.DataFrame({"edge": [self.names[i] for i in edge.tolist()], "layer": layer.numpy(),
-                             "kv_head": head.numpy(), "loading": self.loadings[edge, layer, head].double().numpy(),
+                             "head": head.numpy(), "loading": self.loadings[edge, layer, head].double().numpy(),
                              "weight": self.weights[edge].double().numpy()})
 
     def plot(self, value: str | None = None, **selection):
-        """Heatmap over (layer, KV head) of the summed loading of the selected edges."""
+        """Heatmap over (layer, head) of the summed loading of the selected edges."""
         column = self.plot_column(value)
         data = self.plot_data(value, **selection)
-        grid = data.groupby(["layer", "kv_head"])[column].sum().unstack("kv_head")
-        return figures.heatmap(grid.to_numpy(), x=[f"kv{h}" for h in grid.columns], y=[f"L{l}" for l in grid.index],
-                               signed=True, title=f"edge weight through each attention head ({column})",
-                               z_label=column, x_label="KV head", y_label="layer")
+        grid = data.groupby(["layer", "head"])[column].sum().unstack("head")
+        prefix, axis = ("H", "query head") if self.per_query_head else ("kv", "KV head")
+        return figures.heatmap(grid.to_numpy(), x=[f"{prefix}{h}" for h in grid.columns],
+                               y=[f"L{l}" for l in grid.index], signed=True,
+                               title=f"edge weight through each attention head ({column})", z_label=column,
+                               x_label=axis, y_label="layer")
 
     def plot_data(self, value: str | None = None, **selection) -> pd.DataFrame:
         column = self.plot_column(value)
         frame = self.select(**selection)
         if not len(frame):
             raise SelectionError(f"the selection {selection} matches no loading")
-        return frame.groupby(["layer", "kv_head"], as_index=False)[column].sum()
+        return frame.groupby(["layer", "head"], as_index=False)[column].sum()
 
     def summary(self) -> str:
         through = float(self.loadings.sum() / self.weights.sum()) if float(self.weights.sum()) else float("nan")
@@ -75,10 +79,13 @@ class HeadLoadings(Result):
 
 
 def head_loadings(model: HookedModel, transcoders: TranscoderSet, graph: AttributionGraph,
-                  edges: list[tuple[int, int]] | None = None, *, batch_size: int = 32) -> HeadLoadings:
+                  edges: list[tuple[int, int]] | None = None, *, per_query_head: bool = False,
+                  batch_size: int = 32) -> HeadLoadings:
     """Split ``edges`` (``(target, source)`` node indices of ``graph``; default every nonzero
-    edge of it, so prune first) across attention heads (see the module docstring). ``graph``
-    must be of ``transcoders`` on its prompt, with token logits (not custom directions)."""
+    edge of it, so prune first) across attention heads (see the module docstring): per KV head,
+    or with ``per_query_head`` per query head (a query head's share of its KV head's loading is
+    what flows through its own pattern; the shares of a group sum to the KV head's loading).
+    ``graph`` must be of ``transcoders`` on its prompt, with token logits."""
     tokens = graph.tokens[None].to(model.device)
     if edges is None:
         found = (graph.adjacency != 0).nonzero()
@@ -93,11 +100,12 @@ def head_loadings(model: HookedModel, transcoders: TranscoderSet, graph: Attribu
     for i, (target, _) in enumerate(edges):
         by_target.setdefault(target, []).append(i)
     n_layers = model.cfg.n_layers
-    loadings = torch.zeros(len(edges), n_layers, tracer.values[0].shape[2])
+    loadings = torch.zeros(len(edges), n_layers, (tracer.z if per_query_head else tracer.values)[0].shape[2])
     targets = list(by_target)
     for start in range(0, len(targets), batch_size):
         chunk = targets[start : start + batch_size]
-        grads = tracer.value_gradients([_direction(graph, transcoders, w_u, t) for t in chunk])
+        grads = tracer.value_gradients([_direction(graph, transcoders, w_u, t) for t in chunk],
+                                       per_query_head=per_query_head)
         for row, target in enumerate(chunk):
             for i in by_target[target]:
                 position, vector, first_layer = _source(graph, transcoders, layers, embed, edges[i][1])
@@ -106,7 +114,7 @@ def head_loadings(model: HookedModel, transcoders: TranscoderSet, graph: Attribu
     weights = torch.tensor([float(graph.adjacency[t, s]) for t, s in edges])
     return HeadLoadings(targets=torch.tensor([t for t, _ in edges]), sources=torch.tensor([s for _, s in edges]),
                         names=[f"{names[t]} <- {names[s]}" for t, s in edges], weights=weights, loadings=loadings,
-                        remainder=weights - loadings.sum((1, 2)))
+                        remainder=weights - loadings.sum((1, 2)), per_query_head=per_query_head)
 
 
 def _direction(graph: AttributionGraph, transcoders: TranscoderSet, w_u: torch.Tensor, node: int):

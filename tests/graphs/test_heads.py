@@ -64,6 +64,60 @@ def _value_removals(model, tokens, transcoders, graph, target, source):
     return (value[0] - value[1:]).view(n_layers, groups), first
 
 
+def _query_head_removals(model, tokens, transcoders, graph, target, source):
+    """`[n_layers, heads]`: the target's change when the source's part of one query head's mixed
+    values (``attn.z``: its pattern's weight on the source position times the source's value
+    vector) is removed, features and errors held."""
+    from mechscope.graphs.attribution import _clean_pass
+    from mechscope.graphs.heads import _source
+    from mechscope.models.norms import FrozenNorm
+
+    layers, _, _, embed = _clean_pass(model, tokens=tokens, transcoders=transcoders, skip_first=True)
+    position, vector, first = _source(graph, transcoders, layers, embed, source)
+    n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
+    group = n_heads // model.hook_point("blocks.0.attn.v").n_heads
+    _, cache = model.run_with_cache(tokens, names=["blocks.*.resid_pre", "blocks.*.attn.pattern"])
+    w_v = model.weights().W_V
+    ln1 = model.adapter.components.ln1
+    rows = [(m, h) for m in range(first, n_layers) for h in range(n_heads)]
+    live = {}
+
+    def replace(layer):
+        tc = transcoders[layer]
+
+        def hook(x, ctx):
+            skip = live[tc.cfg.hook_name] @ tc.W_skip if tc.W_skip is not None else 0
+            return layers[layer].constant + skip
+        return hook
+
+    def remove(layer):
+        norm = FrozenNorm(model.hf.get_submodule(f"{model.adapter.layers}.{layer}.{ln1}"), model.adapter.norm,
+                          cache[f"blocks.{layer}.resid_pre"][0, position])
+        pattern = cache[f"blocks.{layer}.attn.pattern"][0]
+
+        def hook(z, ctx):
+            z = z.clone()
+            for row, (m, h) in enumerate(rows):
+                if m == layer:
+                    dv = norm.apply(vector) @ w_v[m][h // group]
+                    z[1 + row, :, h] -= pattern[h, :, position, None] * dv
+            return z
+        return hook
+
+    hooks = {"ln_final.out": lambda x, ctx: live.setdefault("final", x),
+             **{tc.cfg.hook_name: (lambda x, ctx: live.__setitem__(ctx.name, x)) for tc in transcoders},
+             **{f"blocks.{l}.mlp.out": replace(l) for l in transcoders.layers},
+             **{f"blocks.{m}.attn.z": remove(m) for m in range(first, n_layers)}}
+    with torch.no_grad(), model.linearized_at(tokens), model.hooks(hooks):
+        model(tokens.expand(len(rows) + 1, -1))
+    token = int(graph.logit_tokens[target - graph.first_logit])
+    w_u = model.weights().W_U
+    value = (live["final"][:, -1] @ (w_u[:, token] - w_u.mean(1))).detach()
+    out = torch.zeros(n_layers, n_heads)
+    out[first:] = (value[0] - value[1:]).view(n_layers - first, n_heads)
+    return out
+
+
 @pytest.mark.parametrize("family", ["llama", "gpt2"])
 def test_loadings_are_the_effect_of_removing_the_source_from_one_head(family):
     model, tokens, transcoders, graph = _built(family)
@@ -83,4 +137,13 @@ def test_loadings_are_the_effect_of_removing_the_source_from_one_head(family):
         assert not result.loadings[i, :first].any()  # no head before the source reads it
     assert result.loadings.abs().sum() > 1e-3
     frame = result.to_dataframe()
-    assert set(frame.columns) == {"edge", "layer", "kv_head", "loading", "weight"} and len(frame)
+    assert set(frame.columns) == {"edge", "layer", "head", "loading", "weight"} and len(frame)
+    by_query = head_loadings(model, transcoders, graph, candidates, per_query_head=True)
+    group = model.cfg.n_heads // result.loadings.shape[2]
+    summed = by_query.loadings.view(len(candidates), model.cfg.n_layers, -1, group).sum(-1)
+    torch.testing.assert_close(summed, result.loadings, rtol=1e-4, atol=1e-6)  # a group's shares sum to its KV head
+    assert by_query.loadings.shape[2] == model.cfg.n_heads and by_query.per_query_head
+    target, source = candidates[0]
+    measured = _query_head_removals(model, tokens, transcoders, graph, target, source)
+    scale = max(1e-3, float(measured.abs().max()))
+    assert (by_query.loadings[0] - measured).abs().max() <= 1e-4 * scale + 2e-6
