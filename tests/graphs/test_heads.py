@@ -12,6 +12,20 @@ from test_attribution import _built
 from mechscope.graphs.heads import head_loadings
 
 
+def _held_mlps(transcoders, layers, live) -> dict:
+    """Hooks holding every MLP output at its transcoder's clean features and error (plus the
+    live skip path): the frozen replacement model's MLPs. ``live`` holds the transcoder inputs."""
+    def replace(layer):
+        tc = transcoders[layer]
+
+        def hook(x, ctx):
+            skip = live[tc.cfg.hook_name] @ tc.W_skip if tc.W_skip is not None else 0
+            return layers[layer].constant + skip
+        return hook
+
+    return {f"blocks.{l}.mlp.out": replace(l) for l in transcoders.layers}
+
+
 def _value_removals(model, tokens, transcoders, graph, target, source):
     """`[n_layers, kv_heads]`: the target's change when the source's vector is removed from each
     (layer, KV head)'s value input, features and errors held at their clean values."""
@@ -30,14 +44,6 @@ def _value_removals(model, tokens, transcoders, graph, target, source):
     rows = [(m, g) for m in range(n_layers) for g in range(groups)]
     live = {}
 
-    def replace(layer):
-        tc = transcoders[layer]
-
-        def hook(x, ctx):
-            skip = live[tc.cfg.hook_name] @ tc.W_skip if tc.W_skip is not None else 0
-            return layers[layer].constant + skip
-        return hook
-
     def remove(layer):
         def hook(v, ctx):
             v = v.clone()
@@ -49,7 +55,7 @@ def _value_removals(model, tokens, transcoders, graph, target, source):
 
     hooks = {"ln_final.out": lambda x, ctx: live.setdefault("final", x),
              **{tc.cfg.hook_name: (lambda x, ctx: live.__setitem__(ctx.name, x)) for tc in transcoders},
-             **{f"blocks.{l}.mlp.out": replace(l) for l in transcoders.layers},
+             **_held_mlps(transcoders, layers, live),
              **{f"blocks.{m}.attn.v": remove(m) for m in range(n_layers)}}
     with torch.no_grad(), model.linearized_at(tokens), model.hooks(hooks):
         model(tokens.expand(len(rows) + 1, -1))
@@ -82,14 +88,6 @@ def _query_head_removals(model, tokens, transcoders, graph, target, source):
     rows = [(m, h) for m in range(first, n_layers) for h in range(n_heads)]
     live = {}
 
-    def replace(layer):
-        tc = transcoders[layer]
-
-        def hook(x, ctx):
-            skip = live[tc.cfg.hook_name] @ tc.W_skip if tc.W_skip is not None else 0
-            return layers[layer].constant + skip
-        return hook
-
     def remove(layer):
         norm = FrozenNorm(model.hf.get_submodule(f"{model.adapter.layers}.{layer}.{ln1}"), model.adapter.norm,
                           cache[f"blocks.{layer}.resid_pre"][0, position])
@@ -106,7 +104,7 @@ def _query_head_removals(model, tokens, transcoders, graph, target, source):
 
     hooks = {"ln_final.out": lambda x, ctx: live.setdefault("final", x),
              **{tc.cfg.hook_name: (lambda x, ctx: live.__setitem__(ctx.name, x)) for tc in transcoders},
-             **{f"blocks.{l}.mlp.out": replace(l) for l in transcoders.layers},
+             **_held_mlps(transcoders, layers, live),
              **{f"blocks.{m}.attn.z": remove(m) for m in range(first, n_layers)}}
     with torch.no_grad(), model.linearized_at(tokens), model.hooks(hooks):
         model(tokens.expand(len(rows) + 1, -1))
