@@ -59,6 +59,9 @@ bench-peers: $(STAMP)
 	$(PY) bench/analysis.py
 	$(PY) bench/patching.py --quick
 	$(PY) bench/sae.py --quick
+	# circuit-tracer (PyPI 0.5.0) imports nnsight.intervention.tracing, gone in nnsight 0.8: 0.6.1 is its pin.
+	.venv-peers/bin/python -m pip install -q -c .venv-peers/constraints.txt circuit-tracer nnsight==0.6.1
+	$(PY) bench/attribution_graph.py --peer
 	$(PY) bench/circuits.py --quick
 
 clean-venv:

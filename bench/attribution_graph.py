@@ -8,24 +8,36 @@
   against one kept forward of ``--batch-size`` copies and that many rows per backward (rows/s,
   the same rows).
 
+- ``--peer``: against circuit-tracer (where ``.venv-peers`` has it, `bench/peers/attribution_peers.py`)
+  on the same random TopK transcoders (d_sae 256, k 8, saved in its layout by
+  `save_transcoders`) and the same 5-token prompt, every active feature: the largest difference
+  between the two adjacency matrices (node orders lined up; position 0's error nodes left out:
+  circuit-tracer drops position 0's MLP output, mechscope keeps it as error nodes), and the
+  ratio of wall time and of peak memory.
+
     python bench/attribution_graph.py                       # lengths 16 32 64 128, 256 features
     python bench/attribution_graph.py --lengths 16,64,256,512 --max-features 1024
+    python bench/attribution_graph.py --peer
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 
 import mechscope as ms
 from mechscope.data.corpora import wikipedia
 from mechscope.graphs.attribution import _auto_batch, _clean_pass, _Tracer
+from mechscope.paths import cache_path
 
 
 def prompt_of(model: ms.HookedModel, n_tokens: int) -> torch.Tensor:
@@ -77,6 +89,59 @@ def batched_vs_naive(args: argparse.Namespace) -> tuple[float, float]:
     return rates["naive"], rates["batched"]
 
 
+PEERS = Path(__file__).resolve().parents[1] / ".venv-peers" / "bin" / "python"
+
+
+def against_circuit_tracer() -> None:
+    """The ``--peer`` comparison (see the module docstring)."""
+    folder = Path(tempfile.mkdtemp(prefix="mechscope-ct-"))
+    model = ms.load("smollm2-135m")
+    transcoders = ms.TranscoderSet.fresh(model, d_sae=256, k=8, seed=0, model_name="smollm2-135m")
+    ms.save_transcoders(transcoders, folder / "transcoders")
+    tokens = model.to_tokens("The capital of France is")
+    torch.save(tokens, folder / "tokens.pt")
+    start = time.perf_counter()
+    ours = ms.attribution_graph(model, transcoders, tokens, max_logits=3, batch_size=16, progress=False)
+    seconds = time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    command = [str(PEERS), str(Path(__file__).parent / "peers" / "attribution_peers.py"), str(folder / "peer.pt"),
+               "--model", str(cache_path("models", "smollm2-135m")), "--transcoders", str(folder / "transcoders"),
+               "--tokens", str(folder / "tokens.pt"), "--shim-dir", str(folder / "shim")]
+    run = subprocess.run(command, capture_output=True, text=True, check=False,
+                         env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    if run.returncode:
+        print(f"circuit-tracer did not run (make bench-peers installs it):\n{run.stderr[-2000:]}")
+        return
+    peer = torch.load(folder / "peer.pt", weights_only=False)
+    n_pos, n_layers = ours.n_pos, ours.n_layers
+    features = peer["active_features"][peer["selected_features"]]
+    ours_of = torch.tensor([ours.feature_node(*f) for f in features.tolist()])
+    n_f = len(ours_of)
+    order = torch.cat([ours_of, torch.arange(ours.first_error, ours.n_nodes)])  # peer node i -> our node
+    assert torch.equal(peer["logit_tokens"], ours.logit_tokens), (peer["logit_tokens"], ours.logit_tokens)
+    theirs, mine = peer["adjacency_matrix"], ours.adjacency[order][:, order]
+    first_errors = n_f + torch.arange(n_layers) * n_pos  # position 0's error node of each layer
+    columns = torch.ones(theirs.shape[1], dtype=torch.bool)
+    columns[first_errors] = False
+    difference = (theirs[:, columns] - mine[:, columns]).abs().max()
+    scale = mine[:, columns].abs().max()
+    print(f"circuit-tracer {peer['versions'].get('circuit-tracer')} ({peer['backend']}) vs mechscope, "
+          f"{n_pos} tokens, {n_f} features, adjacency {tuple(theirs.shape)}:")
+    print(f"  max |difference| {float(difference):.2e} (largest edge {float(scale):.2f}); "
+          f"position-0 error edges: mechscope {int((mine[:, first_errors] != 0).sum())}, "
+          f"circuit-tracer {int((theirs[:, first_errors] != 0).sum())}")
+    document = ours.prune().save_frontend(folder / "frontend", "capital")
+    check = ("import sys; from circuit_tracer.frontend.graph_models import Model; "
+             "m = Model.model_validate_json(open(sys.argv[1]).read()); print(len(m.nodes), len(m.links))")
+    valid = subprocess.run([str(PEERS), "-c", check, str(document)], capture_output=True, text=True, check=False)
+    verdict = (f"validates ({valid.stdout.split()[0]} nodes, {valid.stdout.split()[1]} links)" if not valid.returncode
+               else f"does not validate: {valid.stderr[-500:]}")
+    print(f"  mechscope's frontend JSON of the pruned graph against circuit-tracer's graph model: {verdict}")
+    print(f"  wall time: mechscope {seconds:.1f} s, circuit-tracer {peer['seconds']:.1f} s "
+          f"({peer['seconds'] / seconds:.2f}x); peak RSS: mechscope {peak:.2f} GiB, circuit-tracer "
+          f"{peer['peak_rss_gib']:.2f} GiB ({peer['peak_rss_gib'] / peak:.2f}x)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lengths", default="16,32,64,128")
@@ -84,8 +149,12 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=None, help="default: attribution_graph's choice")
     parser.add_argument("--naive-rows", type=int, default=128)
     parser.add_argument("--transcoders", default=None)
+    parser.add_argument("--peer", action="store_true", help="only the comparison with circuit-tracer")
     parser.add_argument("--one", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.peer:
+        against_circuit_tracer()
+        return
     if args.one is not None:
         print(json.dumps(one_length(args)))
         return
