@@ -13,7 +13,7 @@ import torch
 import mechscope as ms
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "graphs"))
-from test_attribution import _brute_force  # noqa: E402
+from test_graph_attribution import _brute_force  # noqa: E402
 
 
 def test_edges_on_the_bundled_model(smol):

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 
 import torch
-from test_attribution import _built
+from test_graph_attribution import _built
 
 from mechscope.graphs.frontend import cumulative_influence
 

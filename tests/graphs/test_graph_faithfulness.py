@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_attribution import _built
+from test_graph_attribution import _built
 
 import mechscope as ms
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_attribution import _built
+from test_graph_attribution import _built
 
 from mechscope.graphs.influence import cumulative_keep, node_influence, row_normalised
 from mechscope.graphs.pruning import graph_scores, prune_masks
