@@ -67,7 +67,7 @@ def _value_removals(model, tokens, transcoders, graph, target, source):
     else:
         layer, pos, latent = graph.feature_index[target].tolist()
         value = live[transcoders[layer].cfg.hook_name][:, pos] @ transcoders[layer].W_enc[:, latent]
-    return (value[0] - value[1:]).view(n_layers, groups), first
+    return (value[0] - value[1:]).detach().view(n_layers, groups), first
 
 
 def _query_head_removals(model, tokens, transcoders, graph, target, source):
